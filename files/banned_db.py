@@ -1,0 +1,128 @@
+"""fail2ban Python action `banned_db`: the SQL record of bans, inside fail2ban-server.
+
+The command action (action.d/banned_db.conf) starts a helper process per ban: fine for a
+trickle, slow for a burst of hundreds. This action runs in fail2ban-server itself and keeps
+one database connection per jail. It does not carry SQL of its own: it loads the installed
+helper (/usr/local/bin/fail2ban_banned_db) as a module and uses its statements, checks,
+spool and replay, so both paths write exactly the same rows.
+
+Use it in a jail instead of the command action (the jail's name is taken from the jail):
+
+    action = %(known/action)s
+             banned_db.py[port="80,443,25", protocol=tcp]
+
+Options: port, protocol (as the command action); helper (path of the helper); config
+(settings file, as the helper's --config); hostname (as the helper's --hostname);
+retry (seconds to spool directly after the database failed before trying it again, 30).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+from fail2ban.server.action import ActionBase  # type: ignore[import-not-found]
+
+DEFAULT_HELPER = "/usr/local/bin/fail2ban_banned_db"
+_MODULES: dict[str, ModuleType] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def _log(message: str, *, error: bool = False) -> None:
+    logging.getLogger("fail2ban.banned_db").log(logging.ERROR if error else logging.INFO, "%s", message)
+
+
+def load_helper(path: str) -> ModuleType:
+    """The helper file as a module, loaded once per fail2ban-server process."""
+    with _MODULES_LOCK:
+        if path not in _MODULES:
+            name = f"f2bsql_helper_{len(_MODULES)}"
+            loader = importlib.machinery.SourceFileLoader(name, path)
+            spec = importlib.util.spec_from_loader(name, loader)
+            if spec is None:
+                raise ImportError(f"cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            loader.exec_module(module)
+            module.log = _log  # faults go to fail2ban's log, not a stderr nobody reads
+            _MODULES[path] = module
+        return _MODULES[path]
+
+
+class BannedDbAction(ActionBase):  # type: ignore[misc]
+    def __init__(
+        self,
+        jail: Any,
+        name: str,
+        port: str = "0:65535",
+        protocol: str = "tcp",
+        helper: str = DEFAULT_HELPER,
+        config: str | None = None,
+        hostname: str | None = None,
+        retry: str = "30",
+    ) -> None:
+        super().__init__(jail, name)
+        self._helper = load_helper(helper)
+        self._jail_name = self._helper.check_jail(jail.name)
+        self._port = self._helper._check(self._helper.PORTS_RE, port, "ports")
+        self._protocol = self._helper._check(self._helper.PROTOCOL_RE, protocol.lower(), "protocol")
+        settings = self._helper.load_settings(config, hostname)
+        self._runner = self._helper.Runner(settings, retry_after_failure=float(retry))
+        # The jail's thread and the command thread (banip/unbanip) may both call in.
+        self._lock = threading.Lock()
+
+    def _record(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            try:
+                self._runner.record(event)
+            except self._helper.HelperError as exc:
+                # Not even spooled: say so loudly; fail2ban's own ban stands regardless.
+                self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
+
+    def start(self) -> None:
+        hostname = self._runner.settings.hostname
+        self._record({"op": "start", "jail": self._jail_name, "hostname": hostname})
+
+    def stop(self) -> None:
+        hostname = self._runner.settings.hostname
+        self._record({"op": "stop", "jail": self._jail_name, "hostname": hostname})
+        with self._lock:
+            self._runner.close()
+
+    def ban(self, aInfo: Any) -> None:
+        helper = self._helper
+        try:
+            event = helper.ban_event(
+                self._runner.settings,
+                helper.check_ip(str(aInfo["ip"])),
+                self._port,
+                self._protocol,
+                self._jail_name,
+                helper.check_failures(str(aInfo["ipjailfailures"])),
+                helper.encode_loglines([str(aInfo["ipjailmatches"])]),
+                helper.check_time(str(aInfo["time"])),
+            )
+        except helper.UsageError as exc:
+            self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
+            return
+        self._record(event)
+
+    def reban(self, aInfo: Any) -> None:
+        self.ban(aInfo)
+
+    def unban(self, aInfo: Any) -> None:
+        try:
+            ip = self._helper.check_ip(str(aInfo["ip"]))
+        except self._helper.UsageError as exc:
+            self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
+            return
+        hostname = self._runner.settings.hostname
+        self._record({"op": "unban", "ips": [ip], "jail": self._jail_name, "hostname": hostname})
+
+
+Action = BannedDbAction
