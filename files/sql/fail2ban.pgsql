@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS banned (
     -- "AU, Australia" or '' when unknown.
     country VARCHAR(255) NOT NULL DEFAULT '',
     rdns VARCHAR(255) NOT NULL DEFAULT '',
+    -- 1 once the cron run looked up rdns (bans never wait for DNS).
+    rdns_checked INT2 NOT NULL DEFAULT 0,
     -- fail2ban's <ipjailfailures>.
     failures SMALLINT NOT NULL DEFAULT 0,
     -- fail2ban's <ipjailmatches>, base64 encoded.
@@ -86,10 +88,13 @@ END
 $f2bsql$;
 
 ALTER TABLE jails ADD COLUMN IF NOT EXISTS hostname VARCHAR(255) NOT NULL DEFAULT '';
+-- Reverse DNS moved off the ban path: the cron run fills rdns and marks the row.
+ALTER TABLE banned ADD COLUMN IF NOT EXISTS rdns_checked INT2 NOT NULL DEFAULT 0;
 
 CREATE UNIQUE INDEX IF NOT EXISTS uk_banned_ip_jail_host ON banned (ip, ports, protocol, jail, hostname);
 CREATE UNIQUE INDEX IF NOT EXISTS uk_jails_name_host ON jails (name, hostname);
 CREATE INDEX IF NOT EXISTS idx_banned_hostname_remove ON banned (hostname, remove);
+CREATE INDEX IF NOT EXISTS idx_banned_hostname_rdns ON banned (hostname, rdns_checked);
 CREATE INDEX IF NOT EXISTS idx_banned_jail ON banned (jail);
 CREATE INDEX IF NOT EXISTS idx_banned_rdns ON banned (rdns);
 CREATE INDEX IF NOT EXISTS idx_banned_country ON banned (country);
