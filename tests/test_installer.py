@@ -1,0 +1,478 @@
+"""f2bsql-install: detection parsers, plan rules, CLI exit codes, packaging, and (slow) end to end.
+
+The parsers read fixture files in tests/fixtures/installer/; CLI tests run the real program
+(`python -m f2bsql`) as a subprocess; detection runs against fixture trees through
+F2BSQL_ROOT. The slow tests build the wheel, install it into a fresh venv and provision this
+machine's MariaDB and PostgreSQL with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "installer"
+sys.path.insert(0, str(REPO / "installer"))
+
+from f2bsql import detect, plan  # noqa: E402 - the package lives under installer/
+from f2bsql.errors import ExitCode, F2bsqlError, PreconditionError, UsageError  # noqa: E402
+from f2bsql.runner import RunLog, private_vars_file, run_playbook  # noqa: E402
+
+
+def read(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+@pytest.mark.parametrize(
+    ("name", "os_id", "version", "family"),
+    [
+        ("debian12", "debian", "12", "debian"),
+        ("ubuntu2404", "ubuntu", "24.04", "debian"),
+        ("rocky9", "rocky", "9.4", "redhat"),
+    ],
+)
+def test_os_release(name: str, os_id: str, version: str, family: str) -> None:
+    values = detect.parse_os_release(read(f"os-release/{name}"))
+    assert values["ID"] == os_id
+    assert values["VERSION_ID"] == version
+    assert detect.os_family(values["ID"], values.get("ID_LIKE", "")) == family
+
+
+def test_os_family_of_the_bsds() -> None:
+    assert detect.os_family("OpenBSD") == "openbsd"
+    assert detect.os_family("FreeBSD") == "freebsd"
+
+
+def test_fail2ban_dump_gives_enabled_jails_with_their_ports() -> None:
+    jails = {j.name: j for j in detect.parse_fail2ban_dump(read("fail2ban-d-iredmail.txt"))}
+    assert list(jails) == ["sshd", "postfix", "dovecot"]  # recidive is disabled
+    assert jails["dovecot"].port == "80,443,25,587,465,110,995,143,993,4190"
+    assert jails["dovecot"].protocol == "tcp"
+    assert jails["sshd"].port == "22"
+    assert jails["postfix"].actions == ("iptables-multiport", "banned_db")
+    assert jails["postfix"].logs_to_sql
+    assert not jails["dovecot"].logs_to_sql
+
+
+def test_fail2ban_dump_ignores_log_lines_and_garbage() -> None:
+    text = "2026-01-01 WARNING something\n['add', 'x', 'auto']\n[not python\n['start', 'x']\n"
+    assert [j.name for j in detect.parse_fail2ban_dump(text)] == ["x"]
+
+
+def test_fail2ban_status_of_a_running_server() -> None:
+    assert detect.parse_fail2ban_status(read("fail2ban-status.txt")) == ["dovecot", "postfix", "sshd"]
+    assert detect.parse_fail2ban_status("Status\n|- Number of jail:\t0\n`- Jail list:\t\n") == []
+
+
+def test_mysql_option_files() -> None:
+    cnf = detect.parse_mysql_option_file(read("root-iredmail-ldap/root/.my.cnf-fail2ban"))
+    assert cnf == {"host": "127.0.0.1", "port": "3306", "user": "fail2ban", "password": "cnf'secret#1"}
+    # !includedir and options without a value, as Debian's and iRedMail's files have them
+    root = detect.parse_mysql_option_file(read("root-iredmail-ldap/root/.my.cnf"))
+    assert root == {"user": "root", "password": "rootpw"}
+    assert detect.parse_mysql_option_file("[mysqld]\nuser=mysql\n") == {}
+
+
+def test_pgpass_escapes_and_fields() -> None:
+    entries = detect.parse_pgpass(read("root-pgsql/var/lib/postgresql/.pgpass"))
+    assert entries == [
+        ("*", "*", "*", "vmailadmin", "not-this-one"),
+        ("127.0.0.1", "5432", "fail2ban", "fail2ban", "pg:secret\\x"),
+    ]
+
+
+def test_iredadmin_settings_are_read_never_executed() -> None:
+    settings = detect.parse_python_settings(read("root-iredmail-ldap/opt/www/iredadmin/settings.py"))
+    assert settings["backend"] == "ldap"
+    assert settings["fail2ban_db_password"] == "panel-secret"
+    assert settings["fail2ban_enabled"] is True
+    assert "LOCAL_SETTINGS" not in settings  # an expression, not a literal: skipped
+    assert detect.parse_python_settings("this is not python") == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("MYSQL", "mysql"), ("MARIADB", "mysql"), ("PGSQL", "pgsql"), ("OPENLDAP", "ldap"), ("x", None)],
+)
+def test_iredmail_backend_names(value: str, expected: str | None) -> None:
+    assert detect.normalise_iredmail_backend(value) == expected
+
+
+def test_iredmail_installer_config() -> None:
+    assert detect.parse_iredmail_config(read("root-pgsql/root/iRedMail-1.7.1/config")) == "pgsql"
+    assert detect.parse_iredmail_config("export STORAGE_BASE_DIR='/var/vmail'\n") is None
+
+
+def test_passwd_home() -> None:
+    text = read("root-pgsql/etc/passwd")
+    assert detect.parse_passwd_home(text, ("_postgresql", "postgres")) == ("postgres", "/var/lib/postgresql")
+    assert detect.parse_passwd_home(text, ("nobody",)) is None
+
+
+# --------------------------------------------------------------------------- detection of fixture trees
+
+
+def test_detect_iredmail_ldap_host() -> None:
+    facts = detect.detect(FIXTURES / "root-iredmail-ldap")
+    assert facts.os.family == "debian"
+    assert facts.iredmail.release == "1.6.8"
+    assert facts.iredmail.backend == "ldap"
+    assert facts.iredmail.sql_backend == "mysql"  # ldap hosts keep fail2ban in MariaDB
+    assert facts.iredmail.iredadmin_settings == FIXTURES / "root-iredmail-ldap/opt/www/iredadmin/settings.py"
+    credential = facts.backends["mysql"].credential
+    assert credential is not None
+    assert credential.password == "cnf'secret#1"
+    assert "secret" not in repr(credential)  # a password never prints
+    assert not facts.fail2ban.present
+    assert all("secret" not in line for line in facts.lines())
+
+
+def test_detect_pgsql_host_from_iredmail_config() -> None:
+    facts = detect.detect(FIXTURES / "root-pgsql")
+    assert facts.os.family == "redhat"
+    assert facts.iredmail.sql_backend == "pgsql"
+    assert facts.iredmail.backend_source.endswith("iRedMail-1.7.1/config")
+    credential = facts.backends["pgsql"].credential
+    assert credential is not None
+    assert credential.password == "pg:secret\\x"
+    assert credential.port == 5432
+
+
+def test_detect_empty_root(tmp_path: Path) -> None:
+    facts = detect.detect(tmp_path)
+    assert not facts.fail2ban.present
+    assert not facts.iredmail.is_iredmail
+    assert facts.backends["mysql"].credential is None
+
+
+# --------------------------------------------------------------------------- plan rules
+
+
+def facts_with_fail2ban(
+    root: Path, *, reachable: str = "mysql", jails: tuple[str, ...] = ("sshd", "dovecot")
+) -> detect.Facts:
+    """Fixture facts as if fail2ban ran these jails and one database server answered."""
+    facts = detect.detect(root)
+    f2b = detect.Fail2banInfo(
+        "/usr/bin/fail2ban-client", root / "etc/fail2ban", tuple(detect.Jail(j, (), "25", "tcp") for j in jails)
+    )
+    backends = {
+        name: dataclasses.replace(b, installed=True, reachable=name == reachable, has_database=True)
+        for name, b in facts.backends.items()
+    }
+    return dataclasses.replace(facts, fail2ban=f2b, backends=backends)
+
+
+def test_plan_reuses_the_existing_password_and_follows_iredmail() -> None:
+    facts = facts_with_fail2ban(FIXTURES / "root-iredmail-ldap")
+    p = plan.make_plan(facts, plan.Options())
+    assert p.backend == "mysql"
+    assert p.password == "cnf'secret#1"
+    assert "kept" in p.password_source
+    assert p.jails == ["sshd", "dovecot"]
+    assert p.iredadmin_settings == facts.iredmail.iredadmin_settings
+    assert any("differs" in n for n in p.notes)  # the panel's password is not the file's
+    variables = plan.playbook_vars(p)
+    assert variables[plan.VAR_PASSWORD] == "cnf'secret#1"
+    assert all("secret" not in line for line in p.lines())
+
+
+def test_plan_without_any_password_lets_the_role_generate_one(tmp_path: Path) -> None:
+    facts = facts_with_fail2ban(tmp_path)
+    p = plan.make_plan(facts, plan.Options(iredadmin=False))
+    assert p.password is None
+    assert plan.VAR_PASSWORD not in plan.playbook_vars(p)
+    assert any("new password" in n for n in p.notes)  # the database exists: said, not silent
+
+
+def test_plan_rejects_a_backend_against_iredmail() -> None:
+    facts = facts_with_fail2ban(FIXTURES / "root-iredmail-ldap", reachable="pgsql")
+    with pytest.raises(UsageError, match="differs from iRedMail's backend"):
+        plan.make_plan(facts, plan.Options(backend="pgsql"))
+    assert plan.make_plan(facts, plan.Options(backend="pgsql", iredadmin=False)).backend == "pgsql"
+
+
+def test_plan_rejects_unknown_jails_before_anything_else(tmp_path: Path) -> None:
+    facts = facts_with_fail2ban(tmp_path, reachable="none")
+    with pytest.raises(UsageError, match="not an enabled jail: nope"):
+        plan.make_plan(facts, plan.Options(jails=("sshd", "nope")))
+    with pytest.raises(PreconditionError, match="not reachable"):
+        plan.make_plan(facts, plan.Options(jails=("sshd",)))
+
+
+def test_plan_selected_jails_in_order_without_duplicates(tmp_path: Path) -> None:
+    facts = facts_with_fail2ban(tmp_path)
+    p = plan.make_plan(facts, plan.Options(jails=("dovecot", "sshd", "dovecot")))
+    assert p.jails == ["dovecot", "sshd"]
+
+
+def test_plan_missing_pieces(tmp_path: Path) -> None:
+    facts = detect.detect(tmp_path)
+    with pytest.raises(PreconditionError, match="fail2ban is not installed"):
+        plan.make_plan(facts, plan.Options())
+    debian = dataclasses.replace(facts, os=detect.OsInfo("debian", "12", "Debian 12", "debian"))
+    p = plan.make_plan(debian, plan.Options(install_missing=True))
+    assert p.install == ["fail2ban", "mariadb"]
+    with pytest.raises(PreconditionError, match="install PostgreSQL first"):
+        plan.make_plan(debian, plan.Options(install_missing=True, backend="pgsql"))
+    with pytest.raises(PreconditionError, match="Debian, Ubuntu and RHEL"):
+        plan.make_plan(facts, plan.Options(install_missing=True))  # an unknown OS
+
+
+def test_errors_carry_their_exit_code() -> None:
+    assert UsageError("x").exit_code == ExitCode.USAGE == 2
+    assert PreconditionError("x").exit_code == ExitCode.PRECONDITION == 3
+    assert F2bsqlError("x").exit_code == ExitCode.FAILED == 1
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def test_vars_file_is_private_and_removed_even_on_failure() -> None:
+    with pytest.raises(RuntimeError), private_vars_file({"p": "s3cret"}) as path:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        kept = path
+        raise RuntimeError
+    assert not kept.exists()
+    assert not kept.parent.exists()
+
+
+def test_run_log_masks_secrets_and_is_0600(tmp_path: Path) -> None:
+    path = tmp_path / "install.log"
+    path.write_text("")
+    path.chmod(0o644)
+    log = RunLog(path, ["s3cret"])
+    log.line("password is s3cret")
+    log.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "s3cret" not in path.read_text()
+    assert "********" in path.read_text()
+
+
+def test_runner_reports_each_task_and_hides_no_log_results(tmp_path: Path) -> None:
+    """A real ansible-playbook run through the installer's runner and callback plugin."""
+    marker = tmp_path / "marker"
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        f"""
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Read only
+      ansible.builtin.command: "true"
+      changed_when: false
+    - name: Make a file
+      ansible.builtin.copy:
+        dest: {marker}
+        content: "{{{{ f2bsql_test_secret }}}}"
+        mode: "0600"
+      no_log: true
+    - name: Never
+      ansible.builtin.command: "false"
+      when: false
+"""
+    )
+    log_path = tmp_path / "run.log"
+    log = RunLog(log_path, ["pw-4711"])
+    seen: list[str] = []
+    result = run_playbook(
+        playbook,
+        {"f2bsql_test_secret": "pw-4711"},
+        check=False,
+        verbose=False,
+        log=log,
+        on_event=lambda e: seen.append(f"{e.status} {e.task}"),
+    )
+    log.close()
+    assert result.returncode == 0
+    assert seen == ["ok Read only", "changed Make a file", "skipped Never"]
+    assert result.stats["changed"] == 1
+    assert marker.read_text() == "pw-4711"
+    assert "pw-4711" not in log_path.read_text()
+    assert "PLAY RECAP" in log_path.read_text()  # Ansible's own output is in the log
+    again = run_playbook(
+        playbook, {"f2bsql_test_secret": "pw-4711"}, check=True, verbose=False, log=RunLog(None, []), on_event=print
+    )
+    assert again.changed == []
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, user: str | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(REPO / "installer"), "F2BSQL_LOG": "", **(env or {})}
+    cmd = [sys.executable, "-m", "f2bsql", *args]
+    if user is not None:
+        cmd = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={REPO / 'installer'}", *cmd]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=environ, cwd="/", input=stdin, timeout=120, check=False
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("f2bsql-install: error: ")
+    assert text in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_help_documents_exit_codes() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for option in (
+        "--backend",
+        "--db-host",
+        "--jails",
+        "--no-geoip",
+        "--no-iredadmin",
+        "--check",
+        "--uninstall",
+        "--drop-database",
+        "--yes",
+        "--install-missing",
+        "exit codes:",
+    ):
+        assert option in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--backend", "oracle"], "invalid choice: 'oracle'"),
+        (["--db-port", "99999"], "not a port number"),
+        (["--jails", ","], "empty jail list"),
+        (["--drop-database"], "--drop-database only goes with --uninstall"),
+        (["--uninstall", "--jails", "sshd"], "do not go with --uninstall"),
+    ],
+)
+def test_bad_usage_exits_2(args: list[str], text: str) -> None:
+    assert_one_line_error(run_cli(*args), 2, text)
+
+
+def test_not_root_exits_3() -> None:
+    proc = run_cli("--yes", user="nobody")
+    assert_one_line_error(proc, 3, "must run as root")
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs detection as root")
+
+
+@needs_root
+def test_no_fail2ban_exits_3_and_logs(tmp_path: Path) -> None:
+    log = tmp_path / "install.log"
+    proc = run_cli("--yes", env={"F2BSQL_ROOT": str(tmp_path / "empty"), "F2BSQL_LOG": str(log)})
+    assert_one_line_error(proc, 3, "fail2ban is not installed")
+    assert "fail2ban:    not installed" in proc.stdout  # what was found is shown first
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert "error (exit 3)" in log.read_text()
+
+
+@needs_root
+def test_backend_against_iredmail_exits_2() -> None:
+    proc = run_cli("--yes", "--backend", "pgsql", env={"F2BSQL_ROOT": str(FIXTURES / "root-iredmail-ldap")})
+    assert_one_line_error(proc, 2, "differs from iRedMail's backend (ldap")
+    assert "secret" not in proc.stdout + proc.stderr
+
+
+@needs_root
+def test_unknown_jail_exits_2(fail2ban_root: Path) -> None:
+    proc = run_cli("--yes", "--jails", "dovecot,nope", env={"F2BSQL_ROOT": str(fail2ban_root)})
+    assert_one_line_error(proc, 2, "not an enabled jail: nope (enabled: ")
+
+
+@needs_root
+@pytest.mark.parametrize("backend", ["mysql", "pgsql"])
+def test_database_down_exits_3(backend: str) -> None:
+    # A remote server whose port is closed: TEST-NET-1 would hang; a closed loopback port refuses.
+    proc = run_cli("--yes", "--no-iredadmin", "--backend", backend, "--db-host", "127.0.0.2", "--db-port", "9")
+    assert_one_line_error(proc, 3, "is not reachable")
+
+
+@needs_root
+def test_verbose_shows_the_traceback() -> None:
+    proc = run_cli("-v", "--yes", env={"F2BSQL_ROOT": "/nonexistent"})
+    assert proc.returncode == 3
+    assert "Traceback" in proc.stderr
+
+
+@needs_root
+def test_without_yes_the_plan_must_be_confirmed(fail2ban_root: Path) -> None:
+    proc = run_cli("--jails", "dovecot", env={"F2BSQL_ROOT": str(fail2ban_root)}, stdin="n\n")
+    # The fixture tree has no database behind it: detection says so before any question.
+    assert proc.returncode == 3
+    assert "Go ahead?" not in proc.stdout
+
+
+@pytest.fixture
+def fail2ban_root(tmp_path: Path) -> Path:
+    """A host tree whose fail2ban config has iRedMail-like jails (read with fail2ban-client -c)."""
+    if shutil.which("fail2ban-client") is None or not Path("/etc/fail2ban/jail.conf").is_file():
+        pytest.fail("fail2ban is not installed on this machine (scripts/bootstrap installs it)")
+    root = tmp_path / "root"
+    shutil.copytree("/etc/fail2ban", root / "etc/fail2ban")
+    for f in (root / "etc/fail2ban/jail.d").iterdir():
+        f.unlink()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for jail, filt in (("dovecot", "dovecot"), ("postfix", "postfix")):
+        (logs / f"{jail}.log").touch()
+        (root / f"etc/fail2ban/jail.d/{jail}.local").write_text(
+            f"[{jail}]\nenabled = true\nfilter = {filt}\nlogpath = {logs}/{jail}.log\nbackend = polling\n"
+            f'action = dummy[name={jail}, port="25,587", protocol=tcp]\n'
+        )
+    shutil.copy(FIXTURES / "os-release/debian12", root / "etc/os-release")
+    return root
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(out), "--no-deps", "-q"],
+        check=True,
+        cwd=out,
+        timeout=600,
+    )
+    return next(out.glob("f2bsql-*.whl"))
+
+
+def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "f2bsql/cli.py",
+        "f2bsql/ansible.cfg",
+        "f2bsql/prerequisites.yml",
+        "f2bsql/ansible_plugins/callback/f2bsql_events.py",
+        "f2bsql/_data/templates/banned_db.conf.j2",
+        "f2bsql/_data/files/fail2ban_banned_db",
+        "f2bsql/_data/files/sql/fail2ban.mysql",
+        "f2bsql/_data/files/sql/fail2ban.pgsql",
+    }
+    assert expected <= names
+    # every file of the repo's top-level trees, in the same layout
+    for top in ("roles", "playbooks", "templates", "files"):
+        for path in (REPO / top).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                assert f"f2bsql/_data/{path.relative_to(REPO)}" in names
+    assert not any("__pycache__" in n for n in names)
