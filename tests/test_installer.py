@@ -161,7 +161,7 @@ def test_detect_empty_root(tmp_path: Path) -> None:
 
 
 def facts_with_fail2ban(
-    root: Path, *, reachable: str = "mysql", jails: tuple[str, ...] = ("sshd", "dovecot")
+    root: Path, *, reachable: str = "mysql", jails: tuple[str, ...] = ("sshd", "dovecot"), user: bool = True
 ) -> detect.Facts:
     """Fixture facts as if fail2ban ran these jails and one database server answered."""
     facts = detect.detect(root)
@@ -169,7 +169,7 @@ def facts_with_fail2ban(
         "/usr/bin/fail2ban-client", root / "etc/fail2ban", tuple(detect.Jail(j, (), "25", "tcp") for j in jails)
     )
     backends = {
-        name: dataclasses.replace(b, installed=True, reachable=name == reachable, has_database=True)
+        name: dataclasses.replace(b, installed=True, reachable=name == reachable, has_database=True, has_user=user)
         for name, b in facts.backends.items()
     }
     return dataclasses.replace(facts, fail2ban=f2b, backends=backends)
@@ -190,11 +190,16 @@ def test_plan_reuses_the_existing_password_and_follows_iredmail() -> None:
 
 
 def test_plan_without_any_password_lets_the_role_generate_one(tmp_path: Path) -> None:
-    facts = facts_with_fail2ban(tmp_path)
+    facts = facts_with_fail2ban(tmp_path, user=False)
     p = plan.make_plan(facts, plan.Options(iredadmin=False))
     assert p.password is None
     assert plan.VAR_PASSWORD not in plan.playbook_vars(p)
-    assert any("new password" in n for n in p.notes)  # the database exists: said, not silent
+
+
+def test_plan_refuses_to_rotate_an_unknown_password(tmp_path: Path) -> None:
+    facts = facts_with_fail2ban(tmp_path)  # user fail2ban exists, no credential file
+    with pytest.raises(PreconditionError, match=r"its password is not on this host: write it to /root/\.my\.cnf"):
+        plan.make_plan(facts, plan.Options(iredadmin=False))
 
 
 def test_plan_rejects_a_backend_against_iredmail() -> None:
@@ -213,7 +218,7 @@ def test_plan_rejects_unknown_jails_before_anything_else(tmp_path: Path) -> None
 
 
 def test_plan_selected_jails_in_order_without_duplicates(tmp_path: Path) -> None:
-    facts = facts_with_fail2ban(tmp_path)
+    facts = facts_with_fail2ban(tmp_path, user=False)
     p = plan.make_plan(facts, plan.Options(jails=("dovecot", "sshd", "dovecot")))
     assert p.jails == ["dovecot", "sshd"]
 

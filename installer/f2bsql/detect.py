@@ -101,6 +101,7 @@ class Backend:
     detail: str  # how it was reached, or why not
     has_database: bool | None  # database `fail2ban` exists (None: unknown)
     credential: Credential | None  # existing credential file of the fail2ban user
+    has_user: bool | None = None  # SQL user `fail2ban` exists (None: unknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,8 @@ class Facts:
             state = "reachable" if backend.reachable else "not reachable"
             if not backend.installed:
                 state = "not installed"
-            db = {True: "; database fail2ban exists", False: "", None: ""}[backend.has_database]
+            db = "; database fail2ban exists" if backend.has_database else ""
+            db += "; user fail2ban exists" if backend.has_user else ""
             out.append(f"{_LABELS[backend.name] + ':':<13}{state} ({backend.detail}){db}")
             if backend.credential is not None:
                 out.append(f"             credentials of user fail2ban: {backend.credential.source}")
@@ -491,12 +493,15 @@ def detect_mysql(root: Path, host: str | None = None, port: int | None = None) -
         with conn.cursor() as cur:
             cur.execute("SHOW DATABASES LIKE %s", (DB_NAME,))
             has_db = cur.fetchone() is not None
+            cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (DB_USER,))
+            users = cur.fetchone()
             cur.execute("SELECT VERSION()")
             row = cur.fetchone()
             version = str(row[0]) if row else "?"
     finally:
         conn.close()
-    return Backend("mysql", True, True, f"{version}, {how}", has_db, credential)
+    has_user = bool(users and users[0])
+    return Backend("mysql", True, True, f"{version}, {how}", has_db, credential, has_user)
 
 
 def detect_pgsql(root: Path, host: str | None = None, port: int | None = None) -> Backend:
@@ -515,7 +520,11 @@ def detect_pgsql(root: Path, host: str | None = None, port: int | None = None) -
         return Backend("pgsql", True, False, "not probed below F2BSQL_ROOT", None, credential)
     user = home[0]
     # psql -c takes no parameters: the database name is spelled out (DB_NAME), never input.
-    query = "SELECT current_setting('server_version'), count(*) FROM pg_database WHERE datname = 'fail2ban'"
+    query = (
+        "SELECT current_setting('server_version'),"
+        " (SELECT count(*) FROM pg_database WHERE datname = 'fail2ban'),"
+        " (SELECT count(*) FROM pg_roles WHERE rolname = 'fail2ban')"
+    )
     runuser = shutil.which("runuser")
     # The admin role is the postgres OS user (peer auth), as on iRedMail hosts.
     cmd = [runuser, "-u", user, "--"] if runuser else ["su", "-m", user, "-c"]
@@ -524,8 +533,10 @@ def detect_pgsql(root: Path, host: str | None = None, port: int | None = None) -
     if probe is None or probe.returncode != 0:
         reason = "timed out" if probe is None else (probe.stderr.strip().splitlines() or ["failed"])[-1]
         return Backend("pgsql", True, False, f"as {user}: {reason}", None, credential)
-    version, _, count = probe.stdout.strip().partition("|")
-    return Backend("pgsql", True, True, f"{version}, as OS user {user}", count.strip() == "1", credential)
+    version, _, counts = probe.stdout.strip().partition("|")
+    databases, _, roles = counts.partition("|")
+    detail = f"{version}, as OS user {user}"
+    return Backend("pgsql", True, True, detail, databases.strip() == "1", credential, roles.strip() == "1")
 
 
 def _quote(arg: str) -> str:

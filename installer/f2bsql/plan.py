@@ -201,10 +201,16 @@ def _reuse_password(facts: Facts, backend: str, notes: list[str], uninstall: boo
         return credential.password, f"kept, from {credential.source}"
     if isinstance(panel, str) and panel:
         return panel, f"kept, from {facts.iredmail.iredadmin_settings} (fail2ban_db_password)"
-    if facts.backends[backend].has_database and not uninstall:
-        notes.append(
-            f"database {DB_NAME} exists but no password of user {DB_USER} was found on this host: "
-            "the user gets a new password"
+    if facts.backends[backend].has_user and not uninstall:
+        # The role would have to guess or rotate it; neither happens behind the user's back.
+        where = (
+            "/root/.my.cnf-fail2ban ([client] user=fail2ban, password=...)"
+            if backend == "mysql"
+            else f"{credential_file_for(facts, backend)} (*:*:*:fail2ban:<password>)"
+        )
+        raise PreconditionError(
+            f"user {DB_USER} exists on {LABELS[backend]} but its password is not on this host: "
+            f"write it to {where} and run again"
         )
     return None, "generated (none exists yet)"
 
