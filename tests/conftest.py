@@ -1,0 +1,282 @@
+"""Fixtures on real services: MariaDB, a scram-sha-256 PostgreSQL cluster of our own, fail2ban.
+
+In CI (CI=true) a missing service fails the test that needs it, and any skipped test turns the
+run's exit status into a failure: green must mean "everything ran". On a developer's machine a
+missing service skips with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psycopg2
+import pymysql
+import pytest
+from testbed import (
+    BACKENDS,
+    HELPER,
+    Database,
+    Fail2ban,
+    Host,
+    Server,
+    free_port,
+    new_database,
+    reap_lingering,
+)
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+MARIADB_HOST = "127.0.0.1"
+MARIADB_PORT = 3306
+
+
+def need_service(reason: str) -> NoReturn:
+    """A service the test needs is missing: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- CI: skips fail
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and _skipped and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if IN_CI and _skipped:
+        terminalreporter.section("CI=true: skipped tests fail the run", red=True)
+        for nodeid in _skipped:
+            terminalreporter.write_line(f"SKIPPED counts as FAILED: {nodeid}", red=True)
+
+
+# --------------------------------------------------------------------------- services
+
+
+@pytest.fixture(scope="session")
+def helper() -> Path:
+    """The helper under test: files/fail2ban_banned_db itself, never a copy."""
+    if not HELPER.is_file():
+        pytest.fail(f"{HELPER} does not exist", pytrace=False)
+    for module in ("pymysql", "psycopg2"):
+        probe = subprocess.run(["/usr/bin/python3", "-c", f"import {module}"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            need_service(f"/usr/bin/python3 cannot import {module} (python3-pymysql / python3-psycopg2)")
+    return HELPER
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Server:
+    """The machine's MariaDB, as root with no password (DESIGN.md: every dev and CI machine)."""
+    try:
+        pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", password="", connect_timeout=3).close()
+    except pymysql.err.MySQLError as exc:
+        need_service(f"MariaDB is not reachable as root at {MARIADB_HOST}:{MARIADB_PORT}: {exc}")
+    return Server("mysql", MARIADB_HOST, MARIADB_PORT, "root", "")
+
+
+def _pg_bindir() -> Path | None:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda path: int(Path(path).parent.name) if Path(path).parent.name.isdigit() else 0,
+    )
+    for path in reversed(candidates):
+        if os.access(os.path.join(path, "initdb"), os.X_OK) and os.access(os.path.join(path, "pg_ctl"), os.X_OK):
+            return Path(path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def pgsql_server() -> Iterator[Server]:
+    """A PostgreSQL cluster of the tests' own with scram-sha-256, so passwords are really checked.
+
+    The machine's cluster trusts local connections; a helper that forgot the password would pass
+    there. This one runs as the postgres user from a temp dir it owns, on a free port.
+    """
+    bindir = _pg_bindir()
+    if bindir is None:
+        need_service("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin")
+    as_postgres: list[str] = []
+    owner: pwd.struct_passwd | None = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            need_service("no postgres OS user to run a PostgreSQL cluster as")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="f2bsql-pg-"))
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    superuser_password = os.urandom(18).hex()
+    pwfile = root / "pwfile"
+    pwfile.write_text(superuser_password + "\n", encoding="utf-8")
+    pwfile.chmod(0o600)
+    if owner is not None:
+        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+    data, logfile = root / "data", root / "server.log"
+    initdb = subprocess.run(
+        [
+            *as_postgres,
+            str(bindir / "initdb"),
+            "-D", str(data),
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-U", "postgres",
+            "-E", "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    pwfile.unlink()
+    if initdb.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        need_service(f"initdb failed: {initdb.stderr.strip()}")
+    port = 0
+    started = None
+    for _attempt in range(3):  # a free port can be taken between the probe and the start
+        port = free_port()
+        options = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        started = subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60",
+             "-o", options, "start"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        if started.returncode == 0:
+            break
+    if started is None or started.returncode != 0:
+        log = logfile.read_text(errors="replace") if logfile.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        need_service(f"the test PostgreSQL cluster did not start: {started and started.stderr}\n{log}")
+    try:
+        yield Server("pgsql", "127.0.0.1", port, "postgres", superuser_password, unix_socket=str(root))
+    finally:
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@pytest.fixture
+def make_db(request: pytest.FixtureRequest) -> Iterator[Callable[..., Database]]:
+    """Factory: a uniquely named database and user with a random password; dropped afterwards."""
+    made: list[Database] = []
+
+    def make(backend: str, *, schema: bool = True) -> Database:
+        server: Server = request.getfixturevalue(f"{backend}_server")
+        database = new_database(server)
+        try:
+            database.create()
+        except (pymysql.err.MySQLError, psycopg2.Error) as exc:
+            need_service(f"cannot create a throwaway {backend} database: {exc}")
+        made.append(database)
+        if schema:
+            database.apply_schema()
+        return database
+
+    yield make
+    for database in reversed(made):
+        database.drop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db(make_db: Callable[..., Database], backend: str) -> Database:
+    """A fresh database with files/sql's schema, on the backend the test is parametrized for."""
+    return make_db(backend)
+
+
+# --------------------------------------------------------------------------- hosts and fail2ban
+
+
+@pytest.fixture
+def make_host(helper: Path) -> Iterator[Callable[..., Host]]:
+    """Factory: a host of the given name (config, spool, fail2ban socket path) on a database.
+
+    Homes live in short /tmp paths: a unix socket path must stay under 108 bytes.
+    """
+    homes: list[Path] = []
+
+    def make(db: Database, name: str = "mail-a.example.test", **options: Any) -> Host:
+        home = Path(tempfile.mkdtemp(prefix="f2bsql-host-"))
+        homes.append(home)
+        return Host(db, name, home, home / "f2b" / "fail2ban.sock", **options)
+
+    yield make
+    for home in homes:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def host(make_host: Callable[..., Host], db: Database) -> Host:
+    return make_host(db)
+
+
+@pytest.fixture
+def start_fail2ban(make_host: Callable[..., Host]) -> Iterator[Callable[[Host], Fail2ban]]:
+    """Factory: a fail2ban-server of the host's own, whose banned_db action runs the helper
+    under test with the host's config (F2BSQL_CONFIG in the server's environment)."""
+    for program in ("fail2ban-server", "fail2ban-client"):
+        if shutil.which(program) is None:
+            need_service(f"{program} is not installed (Debian package fail2ban)")
+    servers: list[Fail2ban] = []
+
+    def start(host: Host) -> Fail2ban:
+        server = Fail2ban(host.fail2ban_socket.parent, host.config)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    errors = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, errors
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_fail2ban_servers() -> Iterator[None]:
+    """No fail2ban-server of ours outlives the session."""
+    yield
+    reap_lingering()
+
+
+@pytest.fixture
+def fail2ban(start_fail2ban: Callable[[Host], Fail2ban], host: Host) -> Fail2ban:
+    return start_fail2ban(host)

@@ -1,0 +1,725 @@
+"""The test bed: throwaway databases, helper hosts and fail2ban servers, all real.
+
+conftest.py turns these into fixtures; tests import the types from here for their hints.
+Nothing here is a mock: the helper under test is files/fail2ban_banned_db itself, run on the
+distro's python3 exactly as fail2ban and cron run it, the schema is files/sql itself, and the
+fail2ban action is rendered from templates/banned_db.conf.j2.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import psycopg2
+import psycopg2.sql
+import pymysql
+import pymysql.constants.CLIENT
+import pymysql.cursors
+
+REPO = Path(__file__).resolve().parents[1]
+HELPER = REPO / "files" / "fail2ban_banned_db"
+SQL_DIR = REPO / "files" / "sql"
+ACTION_TEMPLATE = REPO / "templates" / "banned_db.conf.j2"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The helper runs on the distro's python3 with the distro's drivers, as on a real host.
+SYSTEM_PYTHON = "/usr/bin/python3"
+BACKENDS = ("mysql", "pgsql")
+# The ports iRedMail's dovecot jail passes to its actions (the how-to's example).
+DOVECOT_PORTS = "80,443,25,587,465,110,995,143,993,4190"
+POSTFIX_PORTS = "25,587,465"
+# A clean environment for everything the tests start: nothing of the developer's F2BSQL_* leaks in.
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": os.environ.get("HOME", "/root"),
+    # Far from UTC, so a local time written where naive UTC belongs shows up as hours off.
+    "TZ": "Asia/Tokyo",
+}
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy and return it; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A local TCP port nobody listens on: connecting is refused at once."""
+    return free_port()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file 0600 from the first byte, atomically (a running helper may be reading it)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text or "")
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@dataclasses.dataclass
+class Server:
+    """Where a database server listens and how the test bed reaches it as an administrator."""
+
+    backend: str
+    host: str
+    port: int
+    admin_user: str
+    admin_password: str
+    unix_socket: str = ""
+
+
+class Database:
+    """A throwaway database with its own user and random password, reached as that user."""
+
+    backend = ""
+
+    def __init__(self, server: Server, name: str, password: str) -> None:
+        self.server = server
+        self.name = name
+        self.user = name
+        self.password = password
+        self._conn: Any = None
+
+    # --- administration (as the server's administrator)
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def drop(self) -> None:
+        raise NotImplementedError
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def apply_sql(self, text: str) -> None:
+        """Run a whole SQL file as the database's own user (so that user owns what it creates)."""
+        raise NotImplementedError
+
+    def apply_schema(self) -> None:
+        self.apply_sql((SQL_DIR / f"fail2ban.{self.backend}").read_text(encoding="utf-8"))
+
+    # --- reading and writing as the database user, always parameterised
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, tuple(params))
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, tuple(params))
+            return int(cursor.rowcount)
+
+    def banned(self, **where: Any) -> list[dict[str, Any]]:
+        """Rows of `banned` matching column = value for each keyword (column names are ours)."""
+        clause = " AND ".join(f"{column} = %s" for column in where) or "1 = 1"
+        return self.query(f"SELECT * FROM banned WHERE {clause} ORDER BY id", list(where.values()))  # noqa: S608
+
+    def jails(self, **where: Any) -> list[dict[str, Any]]:
+        clause = " AND ".join(f"{column} = %s" for column in where) or "1 = 1"
+        return self.query(f"SELECT * FROM jails WHERE {clause} ORDER BY id", list(where.values()))  # noqa: S608
+
+    def count(self, table: str = "banned") -> int:
+        assert table in ("banned", "jails")
+        return int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])  # noqa: S608
+
+    def insert_banned(self, **row: Any) -> None:
+        """A row as a panel or an older helper would have left it."""
+        columns = ", ".join(row)
+        marks = ", ".join(["%s"] * len(row))
+        self.execute(f"INSERT INTO banned ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
+
+    # --- the schema as the catalogs describe it
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Everything that makes up the schema: columns, indexes, constraints, owners."""
+        raise NotImplementedError
+
+    def unique_keys(self, table: str) -> set[tuple[str, ...]]:
+        """The column lists of the table's unique indexes, the primary key left out."""
+        raise NotImplementedError
+
+    def columns(self, table: str) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    # --- what the helper reads
+
+    def client_section(self, port: int | None = None) -> dict[str, str]:
+        return {
+            "host": self.server.host,
+            "port": str(port or self.server.port),
+            "user": self.user,
+            "password": self.password,
+            "database": self.name,
+        }
+
+
+class MysqlDatabase(Database):
+    backend = "mysql"
+
+    def _admin(self) -> Any:
+        return pymysql.connect(
+            host=self.server.host,
+            port=self.server.port,
+            user=self.server.admin_user,
+            password=self.server.admin_password,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def create(self) -> None:
+        admin = self._admin()
+        try:
+            with admin.cursor() as cursor:
+                # Names are generated by the test bed (f2bt_<hex>), never taken from input.
+                cursor.execute(f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+                for host in ("localhost", "127.0.0.1"):
+                    cursor.execute("CREATE USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
+                    cursor.execute(f"GRANT ALL ON `{self.name}`.* TO %s@%s", (self.user, host))
+        finally:
+            admin.close()
+
+    def drop(self) -> None:
+        self.close()
+        admin = self._admin()
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+                for host in ("localhost", "127.0.0.1"):
+                    cursor.execute("DROP USER IF EXISTS %s@%s", (self.user, host))
+        finally:
+            admin.close()
+
+    def _connect(self, **extra: Any) -> Any:
+        return pymysql.connect(
+            host=self.server.host,
+            port=self.server.port,
+            user=self.user,
+            password=self.password,
+            database=self.name,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+            **extra,
+        )
+
+    def apply_sql(self, text: str) -> None:
+        conn = self._connect(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(text)
+                # Every statement has a result; an error in a later one only surfaces here.
+                while cursor.nextset():
+                    pass
+        finally:
+            conn.close()
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        columns = self.query(
+            "SELECT TABLE_NAME, COLUMN_NAME, ORDINAL_POSITION, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT,"
+            " EXTRA, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        )
+        indexes = self.query(
+            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME, SUB_PART"
+            " FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()"
+            " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+        )
+        tables = self.query(
+            "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME"
+        )
+        return tuple(tuple(sorted(row.items())) for row in (*tables, *columns, *indexes))
+
+    def unique_keys(self, table: str) -> set[tuple[str, ...]]:
+        rows = self.query(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND NON_UNIQUE = 0"
+            " AND INDEX_NAME <> 'PRIMARY' ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (table,),
+        )
+        keys: dict[str, list[str]] = {}
+        for row in rows:
+            keys.setdefault(row["INDEX_NAME"], []).append(row["COLUMN_NAME"])
+        return {tuple(columns) for columns in keys.values()}
+
+    def columns(self, table: str) -> dict[str, dict[str, Any]]:
+        rows = self.query(
+            "SELECT COLUMN_NAME AS name, DATA_TYPE AS type, CHARACTER_MAXIMUM_LENGTH AS length,"
+            " IS_NULLABLE AS nullable, COLUMN_DEFAULT AS `default` FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        )
+        return {row["name"]: row for row in rows}
+
+
+class PgsqlDatabase(Database):
+    backend = "pgsql"
+
+    def _admin(self) -> Any:
+        conn = psycopg2.connect(
+            host=self.server.host,
+            port=self.server.port,
+            user=self.server.admin_user,
+            password=self.server.admin_password,
+            dbname="postgres",
+            connect_timeout=5,
+        )
+        conn.autocommit = True
+        return conn
+
+    def create(self) -> None:
+        ident = psycopg2.sql.Identifier(self.name)
+        admin = self._admin()
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(
+                    psycopg2.sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
+                        ident
+                    ),
+                    (self.password,),
+                )
+                cursor.execute(
+                    psycopg2.sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
+                        ident, ident
+                    )
+                )
+        finally:
+            admin.close()
+
+    def drop(self) -> None:
+        self.close()
+        ident = psycopg2.sql.Identifier(self.name)
+        admin = self._admin()
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+                cursor.execute(psycopg2.sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+        finally:
+            admin.close()
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(
+            host=self.server.host,
+            port=self.server.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.name,
+            connect_timeout=5,
+        )
+        conn.autocommit = True
+        return conn
+
+    def apply_sql(self, text: str) -> None:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(text)
+        finally:
+            conn.close()
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        columns = self.query(
+            "SELECT table_name, column_name, ordinal_position, data_type, character_maximum_length,"
+            " is_nullable, column_default FROM information_schema.columns"
+            " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        )
+        indexes = self.query(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = current_schema() ORDER BY tablename, indexname"
+        )
+        constraints = self.query(
+            "SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def"
+            " FROM pg_constraint WHERE connamespace = current_schema()::regnamespace"
+            " ORDER BY 1, 2"
+        )
+        owners = self.query(
+            "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+        )
+        return tuple(tuple(sorted(row.items())) for row in (*owners, *columns, *indexes, *constraints))
+
+    def unique_keys(self, table: str) -> set[tuple[str, ...]]:
+        rows = self.query(
+            "SELECT i.relname AS idx, a.attname AS col"
+            "  FROM pg_index x"
+            "  JOIN pg_class i ON i.oid = x.indexrelid"
+            "  JOIN pg_class t ON t.oid = x.indrelid"
+            "  CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)"
+            "  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
+            " WHERE t.relname = %s AND t.relnamespace = current_schema()::regnamespace"
+            "   AND x.indisunique AND NOT x.indisprimary"
+            " ORDER BY i.relname, k.ord",
+            (table,),
+        )
+        keys: dict[str, list[str]] = {}
+        for row in rows:
+            keys.setdefault(row["idx"], []).append(row["col"])
+        return {tuple(columns) for columns in keys.values()}
+
+    def columns(self, table: str) -> dict[str, dict[str, Any]]:
+        rows = self.query(
+            "SELECT column_name AS name, data_type AS type, character_maximum_length AS length,"
+            " is_nullable AS nullable, column_default AS default"
+            " FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+        return {row["name"]: row for row in rows}
+
+    def owners(self) -> dict[str, str]:
+        rows = self.query("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = current_schema()")
+        return {row["tablename"]: row["tableowner"] for row in rows}
+
+
+DATABASE_TYPES: dict[str, type[Database]] = {"mysql": MysqlDatabase, "pgsql": PgsqlDatabase}
+
+
+def new_database(server: Server) -> Database:
+    name = f"f2bt_{secrets.token_hex(6)}"
+    return DATABASE_TYPES[server.backend](server, name, secrets.token_urlsafe(24))
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+@dataclasses.dataclass
+class Run:
+    """What one helper run did."""
+
+    args: list[str | bytes]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"helper {self.args!r} exited {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+class Host:
+    """One host as the helper sees it: its own config file, host name, spool and fail2ban socket."""
+
+    def __init__(self, db: Database, name: str, home: Path, fail2ban_socket: Path, timeout: int = 3) -> None:
+        self.db = db
+        self.name = name
+        self.home = home
+        self.config = home / "f2bsql.ini"
+        self.spool = home / "spool"
+        self.fail2ban_socket = fail2ban_socket
+        self.timeout = timeout
+        self.write_config()
+
+    def write_config(self, *, port: int | None = None, spool: Path | None = None, **f2bsql: str) -> None:
+        """(Re)write the settings; `port` points the helper elsewhere, e.g. at a closed port."""
+        client = self.db.client_section(port)
+        section = {
+            "backend": self.db.backend,
+            "hostname": self.name,
+            "spool_dir": str(spool or self.spool),
+            "fail2ban_socket": str(self.fail2ban_socket),
+            "timeout": str(self.timeout),
+            # Lookups would make rows depend on this machine's GeoIP data and DNS: off unless a
+            # test asks for them.
+            "geoip": "off",
+            "rdns": "no",
+            **f2bsql,
+        }
+        lines = ["[client]", *(f"{key} = {value}" for key, value in client.items()), ""]
+        lines += ["[f2bsql]", *(f"{key} = {value}" for key, value in section.items()), ""]
+        write_private(self.config, "\n".join(lines))
+
+    def run(self, *args: str | bytes, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
+        """Run the helper under test with this host's config, as fail2ban and cron do."""
+        argv: list[str | bytes] = [SYSTEM_PYTHON, str(HELPER), "--config", str(self.config), *args]
+        done = subprocess.run(argv, env={**BASE_ENV, **(env or {})}, capture_output=True, timeout=timeout, check=False)
+        return Run(
+            list(args),
+            done.returncode,
+            done.stdout.decode("utf-8", "replace"),
+            done.stderr.decode("utf-8", "replace"),
+        )
+
+    def ok(self, *args: str | bytes) -> Run:
+        result = self.run(*args)
+        assert result.returncode == 0, str(result)
+        return result
+
+    def ban(self, ip: str, jail: str = "dovecot", ports: str = DOVECOT_PORTS) -> Run:
+        return self.ok("ban", ip, ports, "tcp", jail, "3", f"auth failure from {ip}")
+
+    def spooled(self) -> list[Path]:
+        """Events waiting in the spool (not the rejected ones, not lock or half-written files)."""
+        if not self.spool.is_dir():
+            return []
+        return sorted(path for path in self.spool.iterdir() if path.is_file() and path.suffix == ".json")
+
+    def rejected(self) -> list[Path]:
+        folder = self.spool / "rejected"
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------- fail2ban
+
+
+def _comment(text: str) -> str:
+    """Ansible's `comment` filter, the part the templates use."""
+    return "\n".join(f"# {line}" if line else "#" for line in text.splitlines())
+
+
+def render_action(helper: Path = HELPER) -> str:
+    """templates/banned_db.conf.j2 rendered as the role renders it, pointing at the helper under test."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ACTION_TEMPLATE.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 -- renders an INI file, not HTML
+    )
+    env.filters["comment"] = _comment
+    env.globals["ansible_managed"] = "Rendered by the f2bsql test bed"
+    return env.get_template(ACTION_TEMPLATE.name).render(
+        f2bsql_fail2ban_python=SYSTEM_PYTHON,
+        f2bsql_fail2ban_helper_path=str(helper),
+    )
+
+
+# A filter the tests feed through a plain log file: no date on the line, the ban is "now".
+FILTER = """\
+[Definition]
+failregex = ^auth failure from <HOST>( |$)
+datepattern = {NONE}
+"""
+
+JAIL_CONF = """\
+[DEFAULT]
+backend = polling
+maxretry = 2
+findtime = 600
+bantime = 3600
+usedns = no
+
+[dovecot]
+enabled = true
+filter = f2bsql-test
+logpath = {logfile}
+action = dummy[target="{dummy}"]
+         banned_db[name=dovecot, port="{dovecot_ports}", protocol=tcp]
+
+[postfix]
+enabled = true
+filter = f2bsql-test
+logpath = {postfix_logfile}
+action = dummy[target="{postfix_dummy}"]
+         banned_db[name=postfix, port="{postfix_ports}", protocol=tcp]
+"""
+
+
+class Fail2ban:
+    """A fail2ban-server of the test's own: config tree, socket, pidfile, dbfile and log file."""
+
+    JAILS = ("dovecot", "postfix")
+
+    def __init__(self, root: Path, helper_config: Path) -> None:
+        self.root = root
+        self.conf = root / "conf"
+        self.socket = root / "fail2ban.sock"
+        self.pidfile = root / "fail2ban.pid"
+        self.server_log = root / "fail2ban.log"
+        self.logfile = root / "auth.log"
+        self.postfix_logfile = root / "postfix.log"
+        self.helper_config = helper_config
+        self.pid: int | None = None
+
+    def write_config(self) -> None:
+        (self.conf / "action.d").mkdir(parents=True)
+        (self.conf / "filter.d").mkdir()
+        (self.conf / "jail.d").mkdir()
+        shutil.copy("/etc/fail2ban/fail2ban.conf", self.conf / "fail2ban.conf")
+        (self.conf / "fail2ban.local").write_text(
+            "[Definition]\n"
+            "loglevel = INFO\n"
+            f"logtarget = {self.server_log}\n"
+            f"dbfile = {self.root / 'fail2ban.sqlite3'}\n"
+            "allowipv6 = auto\n",
+            encoding="utf-8",
+        )
+        shutil.copy("/etc/fail2ban/action.d/dummy.conf", self.conf / "action.d" / "dummy.conf")
+        (self.conf / "action.d" / "banned_db.conf").write_text(render_action(), encoding="utf-8")
+        (self.conf / "filter.d" / "f2bsql-test.conf").write_text(FILTER, encoding="utf-8")
+        (self.conf / "jail.conf").write_text(
+            JAIL_CONF.format(
+                logfile=self.logfile,
+                postfix_logfile=self.postfix_logfile,
+                dummy=self.root / "dovecot.dummy",
+                postfix_dummy=self.root / "postfix.dummy",
+                dovecot_ports=DOVECOT_PORTS,
+                postfix_ports=POSTFIX_PORTS,
+            ),
+            encoding="utf-8",
+        )
+        self.logfile.touch()
+        self.postfix_logfile.touch()
+
+    def start(self) -> None:
+        self.write_config()
+        env = {**BASE_ENV, "F2BSQL_CONFIG": str(self.helper_config)}
+        command = ["fail2ban-server", "-c", str(self.conf), "-s", str(self.socket), "-p", str(self.pidfile)]
+        done = subprocess.run([*command, "-x", "-b"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, f"fail2ban-server did not start: {done.stderr}\n{self.log_tail()}"
+        wait_for(lambda: self.client_rc("ping") == 0, "fail2ban-server to answer ping")
+        self.pid = int(wait_for(lambda: self._read_pid(), "fail2ban-server's pidfile"))
+        for jail in self.JAILS:
+            wait_for(lambda jail=jail: self.client_rc("status", jail) == 0, f"jail {jail} to start")
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """Stop the server and wait until it has run every action's stop (its pidfile goes last).
+
+        The process itself lingers about a second after that; `reap_lingering` collects it.
+        """
+        if self.pid is None:
+            return
+        pid, self.pid = self.pid, None
+        LINGERING.append(pid)
+        self.client_rc("stop")
+        wait_for(lambda: not self.pidfile.exists() or not _alive(pid), "fail2ban-server to finish", timeout=30)
+
+    def client_rc(self, *args: str) -> int:
+        return self.client(*args, check=False).returncode
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["fail2ban-client", "-s", str(self.socket), *args],
+            env=BASE_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check:
+            assert done.returncode == 0, f"fail2ban-client {args}: {done.stdout}{done.stderr}"
+        return done
+
+    def banned(self, jail: str = "dovecot") -> set[str]:
+        """The addresses `fail2ban-client status <jail>` lists, as the how-to reads them."""
+        status = self.client("status", jail).stdout
+        for line in status.splitlines():
+            if "Banned IP list:" in line:
+                return set(line.split("Banned IP list:", 1)[1].split())
+        raise AssertionError(f"no banned list in:\n{status}")
+
+    def banip(self, *ips: str, jail: str = "dovecot") -> None:
+        self.client("set", jail, "banip", *ips)
+
+    def unbanip(self, *ips: str, jail: str = "dovecot") -> None:
+        self.client("set", jail, "unbanip", *ips)
+
+    def log_failures(self, *lines: str, jail: str = "dovecot") -> None:
+        """Append lines the jail's filter will read (as a mail server's log would get them)."""
+        path = self.logfile if jail == "dovecot" else self.postfix_logfile
+        with path.open("a", encoding="utf-8") as handle:
+            handle.writelines(f"{line}\n" for line in lines)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.server_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no fail2ban log)"
+        return "fail2ban log:\n" + "\n".join(text.splitlines()[-lines:])
+
+    def action_errors(self) -> list[str]:
+        """Lines where fail2ban reports that an action command failed."""
+        try:
+            text = self.server_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if " ERROR " in line]
+
+
+# fail2ban-server processes told to stop, not yet seen gone.
+LINGERING: list[int] = []
+
+
+def reap_lingering(timeout: float = 15.0) -> None:
+    """Wait for stopped servers to exit; kill the ones that do not (only ours, by pid)."""
+    deadline = time.monotonic() + timeout
+    while LINGERING:
+        pid = LINGERING[0]
+        if not _alive(pid):
+            LINGERING.pop(0)
+        elif time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            LINGERING.pop(0)
+        else:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def running_fail2ban(root: Path, helper_config: Path) -> Iterator[Fail2ban]:
+    server = Fail2ban(root, helper_config)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
