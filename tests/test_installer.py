@@ -78,7 +78,7 @@ def test_fail2ban_status_of_a_running_server() -> None:
 
 def test_mysql_option_files() -> None:
     cnf = detect.parse_mysql_option_file(read("root-iredmail-ldap/root/.my.cnf-fail2ban"))
-    assert cnf == {"host": "127.0.0.1", "port": "3306", "user": "fail2ban", "password": "cnf'secret#1"}
+    assert cnf == {"host": "127.0.0.1", "port": "3306", "user": "fail2ban", "password": "cnf#Secret-1x"}
     # !includedir and options without a value, as Debian's and iRedMail's files have them
     root = detect.parse_mysql_option_file(read("root-iredmail-ldap/root/.my.cnf"))
     assert root == {"user": "root", "password": "rootpw"}
@@ -133,7 +133,7 @@ def test_detect_iredmail_ldap_host() -> None:
     assert facts.iredmail.iredadmin_settings == FIXTURES / "root-iredmail-ldap/opt/www/iredadmin/settings.py"
     credential = facts.backends["mysql"].credential
     assert credential is not None
-    assert credential.password == "cnf'secret#1"
+    assert credential.password == "cnf#Secret-1x"
     assert "secret" not in repr(credential)  # a password never prints
     assert not facts.fail2ban.present
     assert all("secret" not in line for line in facts.lines())
@@ -179,13 +179,13 @@ def test_plan_reuses_the_existing_password_and_follows_iredmail() -> None:
     facts = facts_with_fail2ban(FIXTURES / "root-iredmail-ldap")
     p = plan.make_plan(facts, plan.Options())
     assert p.backend == "mysql"
-    assert p.password == "cnf'secret#1"
+    assert p.password == "cnf#Secret-1x"
     assert "kept" in p.password_source
     assert p.jails == ["sshd", "dovecot"]
     assert p.iredadmin_settings == facts.iredmail.iredadmin_settings
     assert any("differs" in n for n in p.notes)  # the panel's password is not the file's
     variables = plan.playbook_vars(p)
-    assert variables[plan.VAR_PASSWORD] == "cnf'secret#1"
+    assert variables[plan.VAR_PASSWORD] == "cnf#Secret-1x"
     assert all("secret" not in line for line in p.lines())
 
 
@@ -200,6 +200,16 @@ def test_plan_refuses_to_rotate_an_unknown_password(tmp_path: Path) -> None:
     facts = facts_with_fail2ban(tmp_path)  # user fail2ban exists, no credential file
     with pytest.raises(PreconditionError, match=r"its password is not on this host: write it to /root/\.my\.cnf"):
         plan.make_plan(facts, plan.Options(iredadmin=False))
+
+
+def test_plan_refuses_a_password_the_credential_files_cannot_hold(tmp_path: Path) -> None:
+    facts = facts_with_fail2ban(FIXTURES / "root-iredmail-ldap")
+    mysql = facts.backends["mysql"]
+    assert mysql.credential is not None
+    odd = dataclasses.replace(mysql, credential=dataclasses.replace(mysql.credential, password="it's secret"))
+    with pytest.raises(PreconditionError, match="quotes, backslashes or white space") as info:
+        plan.make_plan(dataclasses.replace(facts, backends={**facts.backends, "mysql": odd}), plan.Options())
+    assert "secret" not in str(info.value)
 
 
 def test_plan_rejects_a_backend_against_iredmail() -> None:
@@ -481,3 +491,186 @@ def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
             if path.is_file() and "__pycache__" not in path.parts:
                 assert f"f2bsql/_data/{path.relative_to(REPO)}" in names
     assert not any("__pycache__" in n for n in names)
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+#
+# These provision this machine for real, from the wheel installed into a fresh venv: database
+# `fail2ban` on MariaDB and then PostgreSQL, /usr/local/bin/fail2ban_banned_db, the jail
+# overlay, root's crontab, the credential files. Run them on a disposable machine (CI).
+
+E2E_JAIL_FILE = Path("/etc/fail2ban/jail.d/f2bsql-e2e.local")
+E2E_LOGS = Path("/var/log/f2bsql-e2e")
+E2E_JAILS = ("dovecot", "postfix")
+#: iRedMail's port list of its mail jails (jail.d/dovecot.local as iRedMail ships it).
+E2E_PORTS = "80,443,25,587,465,110,995,143,993,4190"
+
+
+def sh(*cmd: str, check: bool = True, timeout: int = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, **kw)  # type: ignore[call-overload]
+
+
+def wait_until(predicate: object, what: str, timeout: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """f2bsql-install of the wheel, in a fresh venv of the distro's python (not the source tree)."""
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    sh("/usr/bin/python3", "-m", "venv", str(venv))
+    sh(str(venv / "bin/pip"), "install", "-q", str(wheel), timeout=900)
+    return venv / "bin/f2bsql-install"
+
+
+@pytest.fixture(scope="module")
+def e2e_host(installed: Path) -> object:
+    """This machine with fail2ban running iRedMail-like jails (dummy firewall action); restored after."""
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests provision this machine: run them as root")
+    for tool in ("fail2ban-client", "mysql", "psql", "crontab"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (scripts/bootstrap installs it)")
+    crontab = sh("crontab", "-l", "-u", "root", check=False)
+    E2E_LOGS.mkdir(exist_ok=True)
+    sections = ["[sshd]\n# no /var/log/auth.log on this machine\nenabled = false\n"]
+    for jail in E2E_JAILS:
+        (E2E_LOGS / f"{jail}.log").touch()
+        sections.append(
+            f"[{jail}]\nenabled = true\nfilter = {jail}\nbackend = polling\nlogpath = {E2E_LOGS}/{jail}.log\n"
+            f'action = dummy[name={jail}, port="{E2E_PORTS}", protocol=tcp]\n'
+        )
+    E2E_JAIL_FILE.write_text("\n".join(sections))
+    sh("service", "fail2ban", "restart", check=False)
+    wait_until(lambda: sh("fail2ban-client", "ping", check=False).returncode == 0, "fail2ban to answer")
+    yield installed
+    for backend in ("mysql", "pgsql"):
+        sh(
+            str(installed),
+            "--uninstall",
+            "--drop-database",
+            "--yes",
+            "--backend",
+            backend,
+            "--no-iredadmin",
+            check=False,
+        )
+    E2E_JAIL_FILE.unlink(missing_ok=True)
+    shutil.rmtree(E2E_LOGS, ignore_errors=True)
+    sh("service", "fail2ban", "stop", check=False)
+    if crontab.returncode == 0:
+        sh("crontab", "-u", "root", "-", input=crontab.stdout)
+    else:
+        sh("crontab", "-r", "-u", "root", check=False)
+
+
+def installer(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed f2bsql-install from a directory outside the repository."""
+    proc = sh(str(exe), *args, check=False, timeout=900, cwd="/tmp")
+    print(proc.stdout, proc.stderr)
+    return proc
+
+
+def sql(backend: str, query: str) -> list[str]:
+    if backend == "mysql":
+        out = sh("mysql", "-N", "-B", "fail2ban", "-e", query).stdout
+    else:
+        out = sh(
+            "runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-q", "-d", "fail2ban", "-c", query
+        ).stdout
+    return [line.replace("\t", "|") for line in out.splitlines() if line.strip()]
+
+
+def cron_command() -> str:
+    lines = [line for line in sh("crontab", "-l", "-u", "root").stdout.splitlines() if "unban_db" in line]
+    assert len(lines) == 1, lines
+    return lines[0].split(None, 5)[5]
+
+
+def banned_in_fail2ban(jail: str) -> str:
+    return sh("fail2ban-client", "status", jail).stdout.split("Banned IP list:", 1)[1]
+
+
+def nothing_installed(backend: str) -> None:
+    assert not Path("/root/.my.cnf-fail2ban").exists()
+    assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
+    overlays = [p for p in Path("/etc/fail2ban/jail.d").iterdir() if "banned_db" in p.read_text()]
+    assert overlays == []
+    assert "unban_db" not in sh("crontab", "-l", "-u", "root", check=False).stdout
+    if backend == "mysql":
+        assert sh("mysql", "-N", "-e", "SHOW DATABASES LIKE 'fail2ban'").stdout.strip() == ""
+
+
+def howto_tests(backend: str) -> None:
+    """The how-to's Tests section, by hand commands, on its jail `dovecot`."""
+    jail = "dovecot"
+    sh("fail2ban-client", "set", jail, "banip", "192.0.2.1", "192.0.2.2")
+    wait_until(lambda: len(sql(backend, "SELECT ip FROM banned WHERE jail = 'dovecot'")) == 2, "two rows")
+    rows = sql(backend, "SELECT ip, ports, protocol, jail, remove FROM banned WHERE jail = 'dovecot' ORDER BY ip")
+    assert rows == [f"192.0.2.{i}|{E2E_PORTS}|tcp|{jail}|0" for i in (1, 2)]
+
+    sh("fail2ban-client", "set", jail, "unbanip", "192.0.2.1")
+    wait_until(lambda: sql(backend, "SELECT ip FROM banned") == ["192.0.2.2"], "the unbanned row to go")
+
+    sql_update = "UPDATE banned SET remove = 1 WHERE ip = '192.0.2.2'"
+    if backend == "mysql":
+        sh("mysql", "fail2ban", "-e", sql_update)
+    else:
+        sh("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-d", "fail2ban", "-c", sql_update)
+    sh("sh", "-c", cron_command())  # what root's cron runs every minute
+    assert sql(backend, "SELECT ip FROM banned") == []
+    assert "192.0.2.2" not in banned_in_fail2ban(jail)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["mysql", "pgsql"])
+def test_end_to_end(e2e_host: Path, backend: str) -> None:
+    import time
+
+    exe = e2e_host
+    extra = ["--backend", backend, "--no-iredadmin"]
+    installer(exe, "--uninstall", "--drop-database", "--yes", *extra)  # a clean start
+    nothing_installed(backend)
+
+    # --check on a fresh host changes nothing
+    proc = installer(exe, "--check", *extra)
+    assert proc.returncode == 0, proc.stderr
+    assert "would change" in proc.stdout
+    nothing_installed(backend)
+
+    started = time.monotonic()
+    proc = installer(exe, "--yes", *extra)
+    first_run = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Jails logging to SQL: {', '.join(sorted(E2E_JAILS))}" in proc.stdout
+    assert "fail2ban-client set dovecot banip" in proc.stdout
+    credential = Path("/root/.my.cnf-fail2ban") if backend == "mysql" else Path("/var/lib/postgresql/.pgpass")
+    assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+
+    howto_tests(backend)
+
+    started = time.monotonic()
+    again = installer(exe, "--yes", *extra)
+    second_run = time.monotonic() - started
+    assert again.returncode == 0
+    assert "Nothing changed" in again.stdout
+
+    check = installer(exe, "--check", *extra)
+    assert check.returncode == 0
+    assert "Nothing would change" in check.stdout
+
+    log = Path("/var/log/f2bsql-install.log")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+    proc = installer(exe, "--uninstall", "--yes", *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "unban_db" not in sh("crontab", "-l", "-u", "root", check=False).stdout
+    assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
+    print(f"\nE2E {backend}: first run {first_run:.1f}s, second run {second_run:.1f}s")

@@ -8,6 +8,7 @@ fail raise UsageError (the command line asks for something impossible) or Precon
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from f2bsql.errors import PreconditionError, UsageError
 LABELS = {"mysql": "MySQL/MariaDB", "pgsql": "PostgreSQL"}
 #: The playbook variable that carries a reused password (only ever in the 0600 vars file).
 VAR_PASSWORD = "f2bsql_db_password"  # noqa: S105 - a variable name, not a password
+#: What the roles accept as a password (f2bsql_database/tasks/assert.yml).
+PASSWORD_OK = re.compile(r"[^\s\"'\\]{8,}")
 #: The OS families --install-missing knows how to install fail2ban and MariaDB on.
 INSTALLABLE_FAMILIES = frozenset({"debian", "redhat"})
 
@@ -150,6 +153,13 @@ def make_plan(facts: Facts, opts: Options) -> Plan:
         )
 
     password, source = _reuse_password(facts, backend, notes, opts.uninstall)
+    if password is not None and not opts.uninstall and not PASSWORD_OK.fullmatch(password):
+        # The roles write it into three file formats; they refuse such a password, so say it now.
+        raise PreconditionError(
+            f"the existing password of user {DB_USER} ({source.removeprefix('kept, from ')}) is shorter than 8 "
+            "characters or holds quotes, backslashes or white space, which the credential files cannot "
+            "carry: change it in the database and that file, then run again"
+        )
     settings = None
     if opts.iredadmin:
         settings = opts.iredadmin_settings or facts.iredmail.iredadmin_settings
