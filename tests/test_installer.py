@@ -184,7 +184,7 @@ def test_plan_reuses_the_existing_password_and_follows_iredmail() -> None:
     assert p.jails == ["sshd", "dovecot"]
     assert p.iredadmin_settings == facts.iredmail.iredadmin_settings
     assert any("differs" in n for n in p.notes)  # the panel's password is not the file's
-    variables = plan.playbook_vars(p)
+    variables = plan.playbook_vars(p, plan.Options())
     assert variables[plan.VAR_PASSWORD] == "cnf#Secret-1x"
     assert all("secret" not in line for line in p.lines())
 
@@ -193,7 +193,7 @@ def test_plan_without_any_password_lets_the_role_generate_one(tmp_path: Path) ->
     facts = facts_with_fail2ban(tmp_path, user=False)
     p = plan.make_plan(facts, plan.Options(iredadmin=False))
     assert p.password is None
-    assert plan.VAR_PASSWORD not in plan.playbook_vars(p)
+    assert plan.VAR_PASSWORD not in plan.playbook_vars(p, plan.Options())
 
 
 def test_plan_refuses_to_rotate_an_unknown_password(tmp_path: Path) -> None:

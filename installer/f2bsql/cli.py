@@ -20,12 +20,14 @@ from f2bsql import __version__
 from f2bsql.data import data_dir
 from f2bsql.detect import DB_NAME, Facts, detect, detect_fail2ban, detect_root
 from f2bsql.errors import ExitCode, F2bsqlError, PreconditionError, UsageError
-from f2bsql.plan import Options, Plan, make_plan, playbook_vars
+from f2bsql.plan import Options, Plan, inventory, make_plan, playbook_vars
 from f2bsql.runner import LOG_FILE, RunLog, RunResult, TaskEvent, run_playbook
 
 PROG = "f2bsql-install"
 #: An address from TEST-NET-1 (RFC 5737) for the "see it work" commands: it locks nobody out.
 TEST_IP = "192.0.2.1"
+#: Lines of a task's diff shown in --check without -v (a whole new helper is 1000+ lines).
+DIFF_LINES = 25
 
 EPILOG = """\
 exit codes:
@@ -180,17 +182,22 @@ class Session:
             raise F2bsqlError("not confirmed: nothing was changed (use --yes to skip the question)")
 
     def progress(self, event: TaskEvent) -> None:
-        if event.status == "skipped" and not self.verbose:
+        # Skipped tasks and Ansible's own argument checks are noise unless asked for.
+        if not self.verbose and (event.status == "skipped" or "Validating arguments against arg spec" in event.task):
             return
         label = {"changed": "would change" if self.opts.check else "changed"}.get(event.status, event.status)
         print(f"  {label:<12} {event.task}", flush=True)
         if event.status == "failed" and event.msg:
             print(f"  {'':<12} {self.log.scrub(event.msg.strip().splitlines()[0])}", flush=True)
         if self.opts.check and event.diff.strip():
-            for line in event.diff.rstrip().splitlines():
+            lines = event.diff.rstrip().splitlines()
+            shown = lines if self.verbose else lines[:DIFF_LINES]
+            for line in shown:
                 print(f"  {'':<12} {self.log.scrub(line)}")
+            if len(shown) < len(lines):
+                print(f"  {'':<12} … {len(lines) - len(shown)} more lines (-v shows them all)")
 
-    def run(self, playbook: Path, variables: dict[str, object], what: str) -> RunResult:
+    def run(self, playbook: Path, variables: dict[str, object], what: str, inventory: str = "localhost,") -> RunResult:
         self.say(f"{what}{' (check mode: nothing is changed)' if self.opts.check else ''} …")
         started = time.monotonic()
         result = run_playbook(
@@ -200,6 +207,7 @@ class Session:
             verbose=self.verbose,
             log=self.log,
             on_event=self.progress,
+            inventory=inventory,
         )
         self.log.line(f"{playbook.name} took {time.monotonic() - started:.1f}s")
         if result.returncode != 0:
@@ -243,7 +251,8 @@ def _cmd_install(session: Session, facts: Facts) -> int:
         facts = detect(facts.root, backend=plan.backend, db_host=opts.db_host, db_port=opts.db_port)
         plan = make_plan(facts, opts)
 
-    result = session.run(data_dir() / "playbooks" / "site.yml", playbook_vars(plan), "Provisioning")
+    site = data_dir() / "playbooks" / "site.yml"
+    result = session.run(site, playbook_vars(plan, opts), "Provisioning", inventory(plan))
     _summary_install(session, plan, result, facts)
     return ExitCode.OK
 
@@ -257,7 +266,8 @@ def _cmd_uninstall(session: Session, facts: Facts) -> int:
         session.say(line)
     session.say()
     session.confirm("Remove it?")
-    result = session.run(data_dir() / "playbooks" / "uninstall.yml", playbook_vars(plan), "Uninstalling")
+    playbook = data_dir() / "playbooks" / "uninstall.yml"
+    result = session.run(playbook, playbook_vars(plan, session.opts), "Uninstalling", inventory(plan))
     _say_changes(session, result)
     if not session.opts.check:
         kept = "dropped" if plan.drop_database else f"kept (drop it with {PROG} --uninstall --drop-database)"

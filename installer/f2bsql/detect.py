@@ -458,7 +458,9 @@ def detect_mysql(root: Path, host: str | None = None, port: int | None = None) -
     server = root == Path("/") and bool(shutil.which("mariadbd") or shutil.which("mysqld"))
     installed = bool(server or sockets or root_cnf_text is not None)
     remote = host is not None and host not in LOCAL_HOSTS
-    if not installed and not remote:
+    if remote:
+        return _probe_remote("mysql", host or "", port or DEFAULT_PORTS["mysql"], credential)
+    if not installed:
         return Backend("mysql", False, False, "no server, socket or /root/.my.cnf", None, credential)
     if root != Path("/"):
         # A fixture tree has no server behind it: report what the files say.
@@ -474,10 +476,7 @@ def detect_mysql(root: Path, host: str | None = None, port: int | None = None) -
         "connect_timeout": 5,
     }
     who = "root via /root/.my.cnf" if root_cnf_text is not None else "root"
-    if remote:
-        kwargs["host"], kwargs["port"] = host, port or DEFAULT_PORTS["mysql"]
-        how = f"{who} at {host}:{kwargs['port']}"
-    elif root_cnf.get("host") not in (None, "", "localhost") or not sockets:
+    if root_cnf.get("host") not in (None, "", "localhost") or not sockets:
         kwargs["host"] = root_cnf.get("host") or "127.0.0.1"
         kwargs["port"] = int(root_cnf.get("port", "3306") or 3306)
         how = f"{who} at {kwargs['host']}:{kwargs['port']}"
@@ -504,16 +503,40 @@ def detect_mysql(root: Path, host: str | None = None, port: int | None = None) -
     return Backend("mysql", True, True, f"{version}, {how}", has_db, credential, has_user)
 
 
+def _probe_remote(backend: str, host: str, port: int, credential: Credential | None) -> Backend:
+    """A database on another host: this one is only its client, so log in as user fail2ban."""
+    where = f"{host}:{port}"
+    if not _tcp_open(host, port):
+        return Backend(backend, True, False, f"{where} refuses connections or does not answer", None, credential)
+    if credential is None:
+        return Backend(backend, True, True, f"{where} accepts connections", None, None)
+    try:
+        if backend == "mysql":
+            import pymysql  # a dependency
+
+            conn = pymysql.connect(
+                host=host, port=port, user=DB_USER, password=credential.password, database=DB_NAME, connect_timeout=5
+            )
+        else:
+            import psycopg2  # type: ignore[import-untyped]  # no stubs; a dependency
+
+            conn = psycopg2.connect(
+                host=host, port=port, user=DB_USER, password=credential.password, dbname=DB_NAME, connect_timeout=5
+            )
+        conn.close()
+    except Exception as exc:  # any driver error means "not usable", said in one line
+        reason = (str(exc.args[1]) if len(exc.args) > 1 else str(exc)).strip().splitlines()[0]
+        return Backend(backend, True, False, f"{where}, as {DB_USER}: {reason}", None, credential)
+    return Backend(backend, True, True, f"{where}, logged in as {DB_USER}", True, credential, True)
+
+
 def detect_pgsql(root: Path, host: str | None = None, port: int | None = None) -> Backend:
     credential = _pgsql_credential(root)
     home = pgsql_home(root)
     psql = shutil.which("psql")
     remote = host is not None and host not in LOCAL_HOSTS
     if remote:
-        port = port or DEFAULT_PORTS["pgsql"]
-        ok = _tcp_open(host or "", port)
-        detail = f"{host}:{port} " + ("accepts connections" if ok else "refuses connections")
-        return Backend("pgsql", True, ok, detail, None, credential)
+        return _probe_remote("pgsql", host or "", port or DEFAULT_PORTS["pgsql"], credential)
     if home is None or psql is None:
         return Backend("pgsql", False, False, "no PostgreSQL user or psql", None, credential)
     if root != Path("/"):

@@ -17,7 +17,7 @@ from f2bsql.errors import PreconditionError, UsageError
 
 LABELS = {"mysql": "MySQL/MariaDB", "pgsql": "PostgreSQL"}
 #: The playbook variable that carries a reused password (only ever in the 0600 vars file).
-VAR_PASSWORD = "f2bsql_db_password"  # noqa: S105 - a variable name, not a password
+VAR_PASSWORD = "f2bsql_database_password"  # noqa: S105 - a variable name, not a password
 #: What the roles accept as a password (f2bsql_database/tasks/assert.yml).
 PASSWORD_OK = re.compile(r"[^\s\"'\\]{8,}")
 #: The OS families --install-missing knows how to install fail2ban and MariaDB on.
@@ -153,6 +153,14 @@ def make_plan(facts: Facts, opts: Options) -> Plan:
         )
 
     password, source = _reuse_password(facts, backend, notes, opts.uninstall)
+    if remote and password is None and not opts.uninstall:
+        raise PreconditionError(
+            f"with --db-host this host is only a client of {opts.db_host}: provision the database there "
+            f"(ansible-playbook playbooks/site.yml), then put the password of user {DB_USER} in "
+            f"{credential_file_for(facts, backend)} and run again"
+        )
+    if remote and opts.drop_database:
+        raise UsageError("--drop-database drops a local database only; drop it on its server")
     if password is not None and not opts.uninstall and not PASSWORD_OK.fullmatch(password):
         # The roles write it into three file formats; they refuse such a password, so say it now.
         raise PreconditionError(
@@ -225,19 +233,36 @@ def _reuse_password(facts: Facts, backend: str, notes: list[str], uninstall: boo
     return None, "generated (none exists yet)"
 
 
-def playbook_vars(plan: Plan) -> dict[str, Any]:
-    """The extra variables of playbooks/site.yml and uninstall.yml (names from the roles)."""
+def playbook_vars(plan: Plan, opts: Options) -> dict[str, Any]:
+    """The extra variables of playbooks/site.yml and uninstall.yml (their documented inputs)."""
     variables: dict[str, Any] = {
-        "f2bsql_backend": plan.backend,
-        "f2bsql_db_host": plan.db_host or "127.0.0.1",
-        "f2bsql_db_port": plan.db_port,
-        "f2bsql_jails": plan.jails,
-        "f2bsql_geoip": plan.geoip,
-        "f2bsql_iredadmin": plan.iredadmin_settings is not None,
-        "f2bsql_drop_database": plan.drop_database,
+        "f2bsql_database_backend": plan.backend,
+        # [] is "every enabled jail" to the role: the same jails detection showed, read again
+        # at run time; named jails are passed as named.
+        "f2bsql_fail2ban_jails": plan.jails if opts.jails is not None else [],
+        "f2bsql_fail2ban_geoip": plan.geoip,
+        "f2bsql_iredadmin_enabled": plan.iredadmin_settings is not None,
     }
     if plan.iredadmin_settings is not None:
-        variables["f2bsql_iredadmin_settings"] = str(plan.iredadmin_settings)
+        variables["f2bsql_iredadmin_settings_path"] = str(plan.iredadmin_settings)
+    if plan.db_host:
+        variables["f2bsql_database_host"] = plan.db_host
+    if plan.db_host or opts.db_port is not None:
+        variables["f2bsql_database_port"] = plan.db_port
+    if plan.uninstall:
+        variables["f2bsql_database_drop"] = plan.drop_database
     if plan.password is not None:
         variables[VAR_PASSWORD] = plan.password
     return variables
+
+
+def inventory(plan: Plan) -> str:
+    """Ansible inventory: localhost in every group, or, with a remote database, not the
+    database group (its server is provisioned there; this host only becomes its client)."""
+    if not plan.db_host:
+        return "localhost,"
+    return (
+        "[f2bsql_fail2ban]\nlocalhost ansible_connection=local\n\n"
+        "[f2bsql_iredadmin]\nlocalhost ansible_connection=local\n\n"
+        "[f2bsql_database]\n"
+    )

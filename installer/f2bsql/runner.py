@@ -149,9 +149,13 @@ def run_playbook(
     verbose: bool,
     log: RunLog,
     on_event: Callable[[TaskEvent], None],
+    inventory: str = "localhost,",
 ) -> RunResult:
-    """Run `playbook` against localhost; return its events once it has finished."""
-    cmd = [find_ansible_playbook(), "-i", "localhost,", "-c", "local", str(playbook)]
+    """Run `playbook` against localhost; return its events once it has finished.
+
+    `inventory` is "localhost," or the text of an inventory file (kept beside the variables).
+    """
+    cmd = [find_ansible_playbook(), "-c", "local", str(playbook)]
     if check:
         cmd += ["--check", "--diff"]
     if verbose:
@@ -160,6 +164,12 @@ def run_playbook(
     stats: dict[str, int] = {}
     tail: list[str] = []
     with private_vars_file(extra_vars) as vars_file:
+        if inventory.endswith(","):
+            cmd[1:1] = ["-i", inventory]
+        else:
+            inventory_file = vars_file.with_name("inventory.ini")
+            inventory_file.write_text(inventory, encoding="utf-8")
+            cmd[1:1] = ["-i", str(inventory_file)]
         cmd += ["-e", f"@{vars_file}"]
         log.line("running: " + " ".join(cmd))
         read_fd, write_fd = os.pipe()

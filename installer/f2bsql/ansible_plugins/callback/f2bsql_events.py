@@ -41,7 +41,9 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # Ansible's base clas
     def _task_name(task: Any) -> str:
         role = getattr(task, "_role", None)
         name = str(task.get_name()).strip()
-        prefix = f"{role.get_name()} : " if role is not None else ""
+        # A role found through a relative path is named by it (../roles/x): keep the last part.
+        prefix = f"{str(role.get_name()).rstrip('/').rsplit('/', 1)[-1]} : " if role is not None else ""
+        name = name.replace(f"{role.get_name()} : ", "") if role is not None else name
         return name if name.startswith(prefix) else prefix + name
 
     def v2_playbook_on_play_start(self, play: Any) -> None:
