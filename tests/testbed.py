@@ -192,6 +192,10 @@ class Database:
     def columns(self, table: str) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
 
+    def owners(self) -> dict[str, str]:
+        """Table name -> owning role (PostgreSQL); MySQL tables have no owner."""
+        return {}
+
     # --- what the helper reads
 
     def client_section(self, port: int | None = None) -> dict[str, str]:
@@ -457,9 +461,16 @@ class Host:
         self.timeout = timeout
         self.write_config()
 
-    def write_config(self, *, port: int | None = None, spool: Path | None = None, **f2bsql: str) -> None:
+    def write_config(
+        self,
+        *,
+        port: int | None = None,
+        spool: Path | None = None,
+        client: dict[str, str] | None = None,
+        **f2bsql: str,
+    ) -> None:
         """(Re)write the settings; `port` points the helper elsewhere, e.g. at a closed port."""
-        client = self.db.client_section(port)
+        client = {**self.db.client_section(port), **(client or {})}
         section = {
             "backend": self.db.backend,
             "hostname": self.name,

@@ -1,0 +1,157 @@
+"""What the helper accepts and refuses on its command line, on both backends.
+
+Loglines hold whatever an attacker sent; the other arguments come from jail configs and the
+database. Nothing of it may reach a shell or SQL, and a bad argument writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+from testbed import DOVECOT_PORTS, unb64
+
+if TYPE_CHECKING:
+    from testbed import Database, Host
+
+
+def test_loglines_are_stored_byte_for_byte(db: Database, host: Host) -> None:
+    canary = host.home / "pwned"
+    loglines = [
+        f"user='root' pass=\"x\" $(touch {canary}) `touch {canary}` ; | & * #".encode(),
+        b"first line\nsecond line\r\nthird\n",
+        b"latin-1 \xe9t\xe9, broken UTF-8 \xff\xfe\xc3, control \x01\x1b[31m\x7f",
+        b"  leading and trailing spaces  ",
+        b"-v",
+        b"--config=/etc/passwd",
+        b"\\' \\\" \\\\ %s %(x)s {0} ${HOME}",
+    ]
+    result = host.run("ban", "198.51.100.7", DOVECOT_PORTS, "tcp", "dovecot", "4", *loglines)
+    assert result.returncode == 0, str(result)
+    [row] = db.banned()
+    assert row["ip"] == "198.51.100.7"
+    assert row["failures"] == 4
+    # The original joined its arguments with a space and stored base64: so do we.
+    assert unb64(row["loglines"]) == b" ".join(loglines)
+    assert not canary.exists(), "a log line was run by a shell"
+
+
+def test_loglines_are_cut_at_32_kib(db: Database, host: Host) -> None:
+    huge = bytes(range(1, 256)) * 200  # 51 000 bytes, every byte value but NUL (argv cannot hold it)
+    host.ok("ban", "198.51.100.8", DOVECOT_PORTS, "tcp", "dovecot", "1", huge)
+    [row] = db.banned()
+    assert unb64(row["loglines"]) == huge[: 32 * 1024]
+
+
+def test_empty_failures_and_no_loglines(db: Database, host: Host) -> None:
+    host.ok("ban", "198.51.100.9", DOVECOT_PORTS, "tcp", "dovecot", "")
+    host.ok("ban", "198.51.100.10", DOVECOT_PORTS, "tcp", "dovecot")
+    rows = db.banned()
+    assert [(row["ip"], row["failures"], unb64(row["loglines"])) for row in rows] == [
+        ("198.51.100.9", 0, b""),
+        ("198.51.100.10", 0, b""),
+    ]
+
+
+def test_ban_time_is_stored_as_naive_utc(db: Database, host: Host) -> None:
+    # fail2ban's <time> (epoch seconds); the helper runs with TZ=Asia/Tokyo (UTC+9).
+    host.ok("ban", "--time", "1700000000.25", "198.51.100.11", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    [row] = db.banned()
+    assert row["timestamp"] == datetime.datetime(2023, 11, 14, 22, 13, 20)
+
+
+def test_ipv6_and_networks_round_trip(db: Database, host: Host) -> None:
+    host.ok("ban", "2001:DB8:0:0:0:0:0:5", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    host.ok("ban", "2001:db8:1::/64", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    host.ok("ban", "192.0.2.0/24", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    host.ok("ban", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    # Stored in normal form, so that the row matches what fail2ban prints and unbans.
+    assert [row["ip"] for row in db.banned()] == [
+        "2001:db8::5",
+        "2001:db8:1::/64",
+        "192.0.2.0/24",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+    ]
+    # Unban takes any spelling of the same address, and several at once.
+    host.ok("unban", "2001:0db8:0000::0005", "2001:db8:1:0::/64")
+    assert [row["ip"] for row in db.banned()] == ["192.0.2.0/24", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"]
+    host.ok("unban", "--jail", "dovecot", "192.0.2.0/24", "FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFE")
+    assert db.banned() == []
+
+
+INJECTION = "1.1.1.1'; DROP TABLE banned; --"
+GOOD = ["192.0.2.50", DOVECOT_PORTS, "tcp", "dovecot", "1"]
+
+# (what is wrong, the helper's arguments)
+REFUSED: list[tuple[str, list[str]]] = [
+    ("SQL in the address", ["ban", INJECTION, *GOOD[1:]]),
+    ("octet out of range", ["ban", "999.1.1.1", *GOOD[1:]]),
+    ("short IPv4", ["ban", "1.1.1", *GOOD[1:]]),
+    ("host name for an address", ["ban", "example.com", *GOOD[1:]]),
+    ("empty address", ["ban", "", *GOOD[1:]]),
+    ("network with host bits", ["ban", "10.0.0.1/8", *GOOD[1:]]),
+    ("prefix too long", ["ban", "10.0.0.0/33", *GOOD[1:]]),
+    ("scoped IPv6", ["ban", "fe80::1%eth0", *GOOD[1:]]),
+    ("two addresses in one", ["ban", "1.1.1.1\n2.2.2.2", *GOOD[1:]]),
+    ("space in the jail", ["ban", *GOOD[:3], "dove cot", "1"]),
+    ("shell in the jail", ["ban", *GOOD[:3], "dovecot;id", "1"]),
+    ("quote in the jail", ["ban", *GOOD[:3], "dovecot'--", "1"]),
+    ("jail too long", ["ban", *GOOD[:3], "j" * 51, "1"]),
+    ("empty jail", ["ban", *GOOD[:3], "", "1"]),
+    ("shell in the ports", ["ban", GOOD[0], "80;id", "tcp", "dovecot", "1"]),
+    ("space in the ports", ["ban", GOOD[0], "80 443", "tcp", "dovecot", "1"]),
+    ("quote in the ports", ["ban", GOOD[0], "80'", "tcp", "dovecot", "1"]),
+    ("ports too long", ["ban", GOOD[0], "1" * 101, "tcp", "dovecot", "1"]),
+    ("empty ports", ["ban", GOOD[0], "", "tcp", "dovecot", "1"]),
+    ("shell in the protocol", ["ban", *GOOD[:2], "tcp;id", "dovecot", "1"]),
+    ("two protocols", ["ban", *GOOD[:2], "tcp udp", "dovecot", "1"]),
+    ("protocol too long", ["ban", *GOOD[:2], "t" * 11, "dovecot", "1"]),
+    ("empty protocol", ["ban", *GOOD[:2], "", "dovecot", "1"]),
+    ("failures not a number", ["ban", *GOOD[:4], "abc"]),
+    ("failures a fraction", ["ban", *GOOD[:4], "1.5"]),
+    ("failures with SQL", ["ban", *GOOD[:4], "1; DROP TABLE banned"]),
+    ("negative failures", ["ban", *GOOD[:4], "-1"]),
+    ("ban time not a number", ["ban", "--time", "yesterday", *GOOD]),
+    ("ban time not finite", ["ban", "--time", "nan", *GOOD]),
+    ("too few arguments", ["ban", "192.0.2.50", DOVECOT_PORTS]),
+    ("SQL in an unban", ["unban", INJECTION]),
+    ("one bad address among good ones", ["unban", "192.0.2.1", INJECTION]),
+    ("bad jail on unban", ["unban", "--jail", "x;y", "192.0.2.1"]),
+    ("SQL in a started jail", ["start", "dovecot'); DROP TABLE jails; --"]),
+    ("path in a stopped jail", ["stop", "../../etc"]),
+    ("bad jail on cleanup", ["cleanup", "a b"]),
+    ("unknown command", ["drop", "banned"]),
+]
+
+
+def _snapshot(db: Database) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    return db.banned(), db.jails()
+
+
+def test_bad_arguments_are_refused_and_write_nothing(db: Database, host: Host) -> None:
+    host.ok("start", "dovecot")
+    host.ban("192.0.2.1")
+    before = _snapshot(db)
+    problems = []
+    for what, args in REFUSED:
+        result = host.run(*args)
+        lines = result.stderr.strip().splitlines()
+        if result.returncode != 2:
+            problems.append(f"{what}: exit {result.returncode}, wanted 2\n{result}")
+        elif len(lines) != 1 or "Traceback" in result.stderr:
+            problems.append(f"{what}: wanted one line on stderr\n{result}")
+        elif _snapshot(db) != before:
+            problems.append(f"{what}: the tables changed")
+        elif host.spooled():
+            problems.append(f"{what}: an event was spooled")
+    assert not problems, "\n\n".join(problems)
+    # The table is still there and whole (no statement was ever built from the input).
+    assert db.count("banned") == 1
+    assert db.count("jails") == 1
+
+
+def test_injection_message_names_the_address(db: Database, host: Host) -> None:
+    result = host.run("ban", INJECTION, *GOOD[1:])
+    assert result.returncode == 2
+    assert "address" in result.stderr.lower(), result.stderr
+    assert db.count("banned") == 0

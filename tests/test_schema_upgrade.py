@@ -1,0 +1,136 @@
+"""files/sql upgrades databases made by iRedMail's own schema in place, and is idempotent.
+
+tests/fixtures/schema/ holds the shapes iRedMail created (<= 1.6: `banned` only; 1.7+: plus
+`jails`), written for these tests. The upgrade runs twice: rows survive, the second run changes
+nothing, and the helper then works on the result.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from testbed import DOVECOT_PORTS, FIXTURES, POSTFIX_PORTS, b64
+
+if TYPE_CHECKING:
+    from testbed import Database, Host
+
+OLD_COLUMNS = (
+    "id",
+    "ip",
+    "ports",
+    "protocol",
+    "jail",
+    "hostname",
+    "country",
+    "rdns",
+    "failures",
+    "loglines",
+    "timestamp",
+    "remove",
+)
+
+# Rows as iRedMail's bash helper and iRedAdmin-Pro left them.
+OLD_ROWS: list[dict[str, Any]] = [
+    {
+        "ip": "192.0.2.1",
+        "ports": "22",
+        "protocol": "tcp",
+        "jail": "sshd",
+        "hostname": "ob66.localdomain",
+        "country": "AU, Australia",
+        "rdns": "one.one.one.one",
+        "failures": 5,
+        "loglines": b64(b"Failed password for root from 192.0.2.1 port 4242 ssh2"),
+        "timestamp": datetime.datetime(2020, 4, 15, 13, 34, 57),
+        "remove": 0,
+    },
+    {
+        "ip": "2001:db8::1",
+        "ports": DOVECOT_PORTS,
+        "protocol": "tcp",
+        "jail": "dovecot",
+        "hostname": "ob66.localdomain",
+        "country": "",
+        "rdns": "",
+        "failures": 0,
+        "loglines": "",
+        "timestamp": datetime.datetime(2020, 4, 15, 13, 34, 58),
+        "remove": 1,
+    },
+]
+OLD_JAILS = [("sshd", 1), ("dovecot", 0)]
+
+
+def _old_view(db: Database) -> list[tuple[Any, ...]]:
+    return [tuple(row[column] for column in OLD_COLUMNS) for row in db.banned()]
+
+
+@pytest.mark.parametrize("version", ["1.6", "1.7"])
+def test_upgrade_from_iredmail_schema(
+    make_db: Callable[..., Database], make_host: Callable[..., Host], backend: str, version: str
+) -> None:
+    db = make_db(backend, schema=False)
+    db.apply_sql((FIXTURES / "schema" / f"iredmail-{version}.{backend}").read_text(encoding="utf-8"))
+    for row in OLD_ROWS:
+        db.insert_banned(**row)
+    if version == "1.7":
+        for name, enabled in OLD_JAILS:
+            db.execute("INSERT INTO jails (name, enabled) VALUES (%s, %s)", (name, enabled))
+    assert db.unique_keys("banned") == {("ip", "ports", "protocol")}
+    rows_before = _old_view(db)
+    jails_before = [(row["id"], row["name"], row["enabled"]) for row in db.jails()] if version == "1.7" else []
+
+    db.apply_schema()
+    upgraded = db.fingerprint()
+    db.apply_schema()
+    assert db.fingerprint() == upgraded, "applying the schema a second time changed it"
+
+    assert _old_view(db) == rows_before
+    assert db.unique_keys("banned") == {("ip", "ports", "protocol", "jail", "hostname")}
+    assert db.unique_keys("jails") == {("name", "hostname")}
+    assert db.columns("banned")["country"]["length"] == 255
+    jails = db.jails()
+    assert [(row["id"], row["name"], row["enabled"]) for row in jails] == jails_before
+    assert all(row["hostname"] == "" for row in jails)
+
+    # Every column a fresh install has, the upgraded database has too.
+    fresh = make_db(backend)
+    for table in ("banned", "jails"):
+        assert set(db.columns(table)) == set(fresh.columns(table)), table
+    if backend == "pgsql":
+        assert set(db.owners().values()) == {db.user}
+
+    # The helper on the upgraded database: the old key would have refused all of these.
+    host = make_host(db)
+    host.ban("192.0.2.1", jail="dovecot")
+    host.ban("192.0.2.1", jail="postfix", ports=POSTFIX_PORTS)
+    host.ban("192.0.2.1", jail="sshd", ports="22")  # the old row's (ip, ports, protocol), another host
+    assert sorted((row["jail"], row["hostname"]) for row in db.banned(ip="192.0.2.1")) == [
+        ("dovecot", host.name),
+        ("postfix", host.name),
+        ("sshd", host.name),
+        ("sshd", "ob66.localdomain"),
+    ]
+    host.ok("start", "dovecot")
+    assert {(row["name"], row["hostname"]) for row in db.jails(name="dovecot")} == (
+        {("dovecot", ""), ("dovecot", host.name)} if version == "1.7" else {("dovecot", host.name)}
+    )
+    # Old rows carry another host's name: this host's unban_db leaves them alone.
+    host.ok("unban_db")
+    assert [row["ip"] for row in db.banned(hostname="ob66.localdomain", remove=1)] == ["2001:db8::1"]
+
+
+def test_fresh_schema_twice_is_a_no_op(db: Database) -> None:
+    first = db.fingerprint()
+    db.apply_schema()
+    assert db.fingerprint() == first
+    assert db.unique_keys("banned") == {("ip", "ports", "protocol", "jail", "hostname")}
+    assert db.unique_keys("jails") == {("name", "hostname")}
+    # DESIGN.md rule 5: every column iRedAdmin-Pro reads.
+    assert set(OLD_COLUMNS) <= set(db.columns("banned"))
+    assert {"id", "name", "enabled"} <= set(db.columns("jails"))
+    if db.backend == "pgsql":
+        assert set(db.owners().values()) == {db.user}
