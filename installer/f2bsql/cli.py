@@ -295,13 +295,13 @@ def _summary_install(session: Session, plan: Plan, result: RunResult, facts: Fac
         return
     # Ask fail2ban itself which jails now carry the banned_db action.
     after = detect_fail2ban(facts.root)
-    sql_jails = [j.name for j in after.jails if j.logs_to_sql] or plan.jails
+    sql_jails = sorted([j.name for j in after.jails if j.logs_to_sql] or plan.jails)
     jail = sql_jails[0] if sql_jails else "<jail>"
     select = "SELECT id, ip, jail, hostname, timestamp, remove FROM banned"
     if plan.backend == "mysql":
         query = f"mysql {DB_NAME} -e {shlex.quote(select)}"
     else:
-        query = f"su - postgres -c {shlex.quote(f'psql -d {DB_NAME} -c {shlex.quote(select)}')}"
+        query = f"su - postgres -c \"psql -d {DB_NAME} -c '{select}'\""
     session.say(f"Credentials of user fail2ban: {plan.credential_file} (0600)")
     session.say(f"Jails logging to SQL: {', '.join(sql_jails)}")
     if plan.iredadmin_settings is not None:
