@@ -155,3 +155,22 @@ def test_injection_message_names_the_address(db: Database, host: Host) -> None:
     assert result.returncode == 2
     assert "address" in result.stderr.lower(), result.stderr
     assert db.count("banned") == 0
+
+
+def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
+    good = host.config.read_text(encoding="utf-8")
+    broken = {
+        "missing file": None,
+        "unknown backend": good.replace(f"backend = {db.backend}", "backend = oracle"),
+        "port not a number": good.replace(f"port = {db.server.port}", "port = mysql"),
+    }
+    for what, text in broken.items():
+        if text is None:
+            host.config.unlink()
+        else:
+            host.config.write_text(text, encoding="utf-8")
+        result = host.run("ban", *GOOD)
+        assert result.returncode == 3, f"{what}: {result}"
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, f"{what}: {result}"
+    assert host.spooled() == []
+    assert db.count() == 0

@@ -639,13 +639,20 @@ class Fail2ban:
         """Stop the server and wait until it has run every action's stop (its pidfile goes last).
 
         The process itself lingers about a second after that; `reap_lingering` collects it.
+        Also stops a server whose start() failed half way, found by its socket and pidfile.
         """
-        if self.pid is None:
+        pid = self.pid if self.pid is not None else self._read_pid()
+        self.pid = None
+        if pid is None and not self.socket.exists():
             return
-        pid, self.pid = self.pid, None
-        LINGERING.append(pid)
+        if pid is not None:
+            LINGERING.append(pid)
         self.client_rc("stop")
-        wait_for(lambda: not self.pidfile.exists() or not _alive(pid), "fail2ban-server to finish", timeout=30)
+        wait_for(
+            lambda: not self.pidfile.exists() or (pid is not None and not _alive(pid)),
+            "fail2ban-server to finish",
+            timeout=30,
+        )
 
     def client_rc(self, *args: str) -> int:
         return self.client(*args, check=False).returncode
