@@ -97,3 +97,17 @@ def test_loglines_from_a_real_log_reach_the_table_intact(db: Database, fail2ban:
     assert unb64(rows[0]["loglines"]) == "\n".join(lines).encode("utf-8")
     assert fail2ban.action_errors() == [], fail2ban.log_tail()
     assert not canary.exists(), "a log line was run by a shell"
+
+
+def test_jail_restart_keeps_the_rows_and_their_first_timestamp(db: Database, fail2ban: Fail2ban) -> None:
+    fail2ban.banip("192.0.2.1")
+    [first] = wait_for(lambda: db.banned(), "the ban's row")
+    # Let the clock pass the ban's second, so a restart's own time would show.
+    wait_for(lambda: utcnow() - first["timestamp"] >= datetime.timedelta(seconds=2), "two seconds to pass")
+    # actionstop drops the jail's rows, then fail2ban restores its bans into the new jail.
+    fail2ban.client("reload", "--restart", "dovecot")
+    [again] = wait_for(lambda: [row for row in db.banned() if row["id"] != first["id"]], "the restored row")
+    assert again["ip"] == "192.0.2.1"
+    assert again["timestamp"] == first["timestamp"]
+    assert fail2ban.banned() == {"192.0.2.1"}
+    assert [row["name"] for row in db.jails(name="dovecot")] == ["dovecot"]

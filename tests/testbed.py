@@ -659,7 +659,7 @@ class Fail2ban:
 
     def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            ["fail2ban-client", "-s", str(self.socket), *args],
+            ["fail2ban-client", "-c", str(self.conf), "-s", str(self.socket), *args],
             env=BASE_ENV,
             capture_output=True,
             text=True,
