@@ -14,8 +14,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -512,27 +515,28 @@ def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
 
 # --------------------------------------------------------------------------- end to end (slow)
 #
-# These provision this machine for real, from the wheel installed into a fresh venv: database
-# `fail2ban` on MariaDB and then PostgreSQL, /usr/local/bin/fail2ban_banned_db, the jail
-# overlay, root's crontab, the credential files. Run them on a disposable machine (CI).
+# These provision this machine for real, from the wheel installed into a fresh venv, on the
+# iRedMail-like fixture the Molecule scenarios use (molecule/resources/prepare.yml: iRedMail's
+# jails with a dummy firewall action, its crontab, iRedAdmin-Pro's settings.py), and put the
+# machine back with molecule/resources/cleanup.yml (uninstall, drop, restore). They share that
+# fixture's state directory, so they must not run while a Molecule scenario runs.
 
-E2E_JAIL_FILE = Path("/etc/fail2ban/jail.d/f2bsql-e2e.local")
-E2E_LOGS = Path("/var/log/f2bsql-e2e")
-E2E_JAILS = ("dovecot", "postfix")
-#: iRedMail's port list of its mail jails (jail.d/dovecot.local as iRedMail ships it).
-E2E_PORTS = "80,443,25,587,465,110,995,143,993,4190"
+MOLECULE = REPO / "molecule" / "resources"
+MOLECULE_STATE = Path("/var/tmp/f2bsql-molecule")
+#: The fixture's enabled jails (molecule/resources/vars.yml), and the port list of its dovecot.
+FIXTURE_JAILS = ("dovecot", "postfix", "postfix-pregreet", "roundcube", "sogo")
+DOVECOT_PORTS = "80,443,25,587,465,110,995,143,993,4190"
+SETTINGS = Path("/opt/www/iredadmin/settings.py")
 
 
-def sh(*cmd: str, check: bool = True, timeout: int = 120, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, **kw)  # type: ignore[call-overload]
+def sh(*cmd: str, check: bool = True, timeout: int = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, **kw)
 
 
-def wait_until(predicate: object, what: str, timeout: float = 20.0) -> None:
-    import time
-
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
@@ -547,45 +551,33 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin/f2bsql-install"
 
 
-@pytest.fixture(scope="module")
-def e2e_host(installed: Path) -> object:
-    """This machine with fail2ban running iRedMail-like jails (dummy firewall action); restored after."""
+def molecule_playbook(name: str, *extra: str) -> None:
+    proc = sh(
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        *("-i", "localhost,", "-c", "local", str(MOLECULE / name), *extra),
+        check=False,
+        env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3"},
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+
+
+@pytest.fixture
+def iredmail_host(installed: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """This machine as an iRedMail-like fail2ban host (Molecule's fixture); put back after."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests provision this machine: run them as root")
     for tool in ("fail2ban-client", "mysql", "psql", "crontab"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (scripts/bootstrap installs it)")
-    crontab = sh("crontab", "-l", "-u", "root", check=False)
-    E2E_LOGS.mkdir(exist_ok=True)
-    sections = ["[sshd]\n# no /var/log/auth.log on this machine\nenabled = false\n"]
-    for jail in E2E_JAILS:
-        (E2E_LOGS / f"{jail}.log").touch()
-        sections.append(
-            f"[{jail}]\nenabled = true\nfilter = {jail}\nbackend = polling\nlogpath = {E2E_LOGS}/{jail}.log\n"
-            f'action = dummy[name={jail}, port="{E2E_PORTS}", protocol=tcp]\n'
-        )
-    E2E_JAIL_FILE.write_text("\n".join(sections))
-    sh("service", "fail2ban", "restart", check=False)
-    wait_until(lambda: sh("fail2ban-client", "ping", check=False).returncode == 0, "fail2ban to answer")
-    yield installed
-    for backend in ("mysql", "pgsql"):
-        sh(
-            str(installed),
-            "--uninstall",
-            "--drop-database",
-            "--yes",
-            "--backend",
-            backend,
-            "--no-iredadmin",
-            check=False,
-        )
-    E2E_JAIL_FILE.unlink(missing_ok=True)
-    shutil.rmtree(E2E_LOGS, ignore_errors=True)
-    sh("service", "fail2ban", "stop", check=False)
-    if crontab.returncode == 0:
-        sh("crontab", "-u", "root", "-", input=crontab.stdout)
-    else:
-        sh("crontab", "-r", "-u", "root", check=False)
+    if MOLECULE_STATE.exists():
+        pytest.fail(f"{MOLECULE_STATE} exists: a Molecule scenario is running or left its fixture")
+    backend = request.param
+    try:
+        molecule_playbook("prepare.yml")
+        yield installed
+    finally:
+        molecule_playbook("cleanup.yml", "-e", f"f2bsql_database_backend={backend}", "-e", "f2bsql_database_drop=true")
 
 
 def installer(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -605,24 +597,25 @@ def sql(backend: str, query: str) -> list[str]:
     return [line.replace("\t", "|") for line in out.splitlines() if line.strip()]
 
 
-def cron_command() -> str:
-    lines = [line for line in sh("crontab", "-l", "-u", "root").stdout.splitlines() if "unban_db" in line]
-    assert len(lines) == 1, lines
-    return lines[0].split(None, 5)[5]
+def cron_lines() -> list[str]:
+    return [line for line in sh("crontab", "-l", "-u", "root", check=False).stdout.splitlines() if "unban_db" in line]
 
 
 def banned_in_fail2ban(jail: str) -> str:
     return sh("fail2ban-client", "status", jail).stdout.split("Banned IP list:", 1)[1]
 
 
-def nothing_installed(backend: str) -> None:
-    assert not Path("/root/.my.cnf-fail2ban").exists()
-    assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
-    overlays = [p for p in Path("/etc/fail2ban/jail.d").iterdir() if "banned_db" in p.read_text()]
-    assert overlays == []
-    assert "unban_db" not in sh("crontab", "-l", "-u", "root", check=False).stdout
+def f2bsql_files() -> list[str]:
+    paths = ["/usr/local/bin/fail2ban_banned_db", "/etc/fail2ban/action.d/banned_db.conf", "/root/.my.cnf-fail2ban"]
+    overlays = [str(p) for p in Path("/etc/fail2ban/jail.d").iterdir() if "banned_db" in p.read_text()]
+    return [p for p in paths if Path(p).exists()] + overlays
+
+
+def database_exists(backend: str) -> bool:
     if backend == "mysql":
-        assert sh("mysql", "-N", "-e", "SHOW DATABASES LIKE 'fail2ban'").stdout.strip() == ""
+        return sh("mysql", "-N", "-e", "SHOW DATABASES LIKE 'fail2ban'").stdout.strip() != ""
+    query = "SELECT 1 FROM pg_database WHERE datname = 'fail2ban'"
+    return sh("runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-c", query).stdout.strip() == "1"
 
 
 def howto_tests(backend: str) -> None:
@@ -631,7 +624,7 @@ def howto_tests(backend: str) -> None:
     sh("fail2ban-client", "set", jail, "banip", "192.0.2.1", "192.0.2.2")
     wait_until(lambda: len(sql(backend, "SELECT ip FROM banned WHERE jail = 'dovecot'")) == 2, "two rows")
     rows = sql(backend, "SELECT ip, ports, protocol, jail, remove FROM banned WHERE jail = 'dovecot' ORDER BY ip")
-    assert rows == [f"192.0.2.{i}|{E2E_PORTS}|tcp|{jail}|0" for i in (1, 2)]
+    assert rows == [f"192.0.2.{i}|{DOVECOT_PORTS}|tcp|{jail}|0" for i in (1, 2)]
 
     sh("fail2ban-client", "set", jail, "unbanip", "192.0.2.1")
     wait_until(lambda: sql(backend, "SELECT ip FROM banned") == ["192.0.2.2"], "the unbanned row to go")
@@ -641,39 +634,50 @@ def howto_tests(backend: str) -> None:
         sh("mysql", "fail2ban", "-e", sql_update)
     else:
         sh("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-d", "fail2ban", "-c", sql_update)
-    sh("sh", "-c", cron_command())  # what root's cron runs every minute
+    [line] = cron_lines()
+    sh("sh", "-c", line.split(None, 5)[5])  # what root's cron runs every minute
     assert sql(backend, "SELECT ip FROM banned") == []
     assert "192.0.2.2" not in banned_in_fail2ban(jail)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["mysql", "pgsql"])
-def test_end_to_end(e2e_host: Path, backend: str) -> None:
-    import time
-
-    exe = e2e_host
-    extra = ["--backend", backend, "--no-iredadmin"]
-    installer(exe, "--uninstall", "--drop-database", "--yes", *extra)  # a clean start
-    nothing_installed(backend)
+@pytest.mark.parametrize("iredmail_host", ["mysql", "pgsql"], indirect=True)
+def test_end_to_end(iredmail_host: Path, request: pytest.FixtureRequest) -> None:
+    exe = iredmail_host
+    backend = request.node.callspec.params["iredmail_host"]
+    # iRedAdmin-Pro of the fixture runs on MySQL: a PostgreSQL fail2ban database is for hosts without it
+    extra = ["--backend", backend] + (["--no-iredadmin"] if backend == "pgsql" else [])
+    settings_before = SETTINGS.read_text()
+    if backend == "pgsql":
+        assert_one_line_error(installer(exe, "--yes", "--backend", "pgsql"), 2, "differs from iRedMail's backend")
 
     # --check on a fresh host changes nothing
     proc = installer(exe, "--check", *extra)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "would change" in proc.stdout
-    nothing_installed(backend)
+    assert f2bsql_files() == []
+    assert not database_exists(backend)
+    assert cron_lines() == ["* * * * * /bin/bash /usr/local/bin/fail2ban_banned_db unban_db"]  # iRedMail's, as it was
+    assert SETTINGS.read_text() == settings_before
 
     started = time.monotonic()
     proc = installer(exe, "--yes", *extra)
     first_run = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"Jails logging to SQL: {', '.join(sorted(E2E_JAILS))}" in proc.stdout
-    assert "fail2ban-client set dovecot banip" in proc.stdout
+    assert f"Jails logging to SQL: {', '.join(sorted(FIXTURE_JAILS))}" in proc.stdout
+    assert "fail2ban-client set dovecot banip 192.0.2.1" in proc.stdout
+    changed = int(proc.stdout.split(" tasks changed")[0].rsplit("\n", 1)[-1])
     credential = Path("/root/.my.cnf-fail2ban") if backend == "mysql" else Path("/var/lib/postgresql/.pgpass")
     assert stat.S_IMODE(credential.stat().st_mode) == 0o600
     if backend == "mysql":
         password = detect.parse_mysql_option_file(credential.read_text())["password"]
+        settings = detect.parse_python_settings(SETTINGS.read_text())
+        assert settings["fail2ban_enabled"] is True
+        assert settings["fail2ban_db_password"] == password
+        assert settings["vmail_db_password"] == "fixture-not-a-secret"  # the rest of the file stays
     else:
         password = next(e[4] for e in detect.parse_pgpass(credential.read_text()) if e[3] == "fail2ban")
+        assert SETTINGS.read_text() == settings_before
     log = Path("/var/log/f2bsql-install.log")
     assert password not in log.read_text()
     assert password not in proc.stdout + proc.stderr
@@ -685,16 +689,19 @@ def test_end_to_end(e2e_host: Path, backend: str) -> None:
     second_run = time.monotonic() - started
     assert again.returncode == 0
     assert "Nothing changed" in again.stdout
+    assert "password: kept, from" in again.stdout
 
     check = installer(exe, "--check", *extra)
     assert check.returncode == 0
     assert "Nothing would change" in check.stdout
-
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
-    assert password not in log.read_text()  # reused on the second run: masked in Ansible's output too
+    assert password not in log.read_text()  # reused on the later runs: masked in Ansible's output too
 
     proc = installer(exe, "--uninstall", "--yes", *extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "unban_db" not in sh("crontab", "-l", "-u", "root", check=False).stdout
-    assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
-    print(f"\nE2E {backend}: first run {first_run:.1f}s, second run {second_run:.1f}s")
+    assert f2bsql_files() == []
+    assert cron_lines() == []
+    assert database_exists(backend)  # kept without --drop-database
+    if backend == "mysql":
+        assert not any(k.startswith("fail2ban_") for k in detect.parse_python_settings(SETTINGS.read_text()))
+    print(f"\nE2E {backend}: first run {first_run:.1f}s ({changed} changed), second run {second_run:.1f}s")
