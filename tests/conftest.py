@@ -30,6 +30,7 @@ from testbed import (
     free_port,
     new_database,
     reap_lingering,
+    write_private,
 )
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -126,8 +127,7 @@ def pgsql_server() -> Iterator[Server]:
         os.chown(root, owner.pw_uid, owner.pw_gid)
     superuser_password = os.urandom(18).hex()
     pwfile = root / "pwfile"
-    pwfile.write_text(superuser_password + "\n", encoding="utf-8")
-    pwfile.chmod(0o600)
+    write_private(pwfile, superuser_password + "\n")
     if owner is not None:
         os.chown(pwfile, owner.pw_uid, owner.pw_gid)
     data, logfile = root / "data", root / "server.log"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
-from testbed import DOVECOT_PORTS, unb64
+from testbed import DOVECOT_PORTS, unb64, write_private
 
 if TYPE_CHECKING:
     from testbed import Database, Host
@@ -172,7 +172,7 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
         if text is None:
             host.config.unlink()
         else:
-            host.config.write_text(text, encoding="utf-8")
+            write_private(host.config, text)
         result = host.run("ban", *GOOD)
         assert result.returncode == 3, f"{what}: {result}"
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, f"{what}: {result}"

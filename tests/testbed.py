@@ -625,9 +625,8 @@ class Fail2ban:
         done = subprocess.run([*command, "-x", "-b"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, f"fail2ban-server did not start: {done.stderr}\n{self.log_tail()}"
         wait_for(lambda: self.client_rc("ping") == 0, "fail2ban-server to answer ping")
-        self.pid = int(wait_for(lambda: self._read_pid(), "fail2ban-server's pidfile"))
-        for jail in self.JAILS:
-            wait_for(lambda jail=jail: self.client_rc("status", jail) == 0, f"jail {jail} to start")
+        self.pid = int(wait_for(self._read_pid, "fail2ban-server's pidfile"))
+        wait_for(lambda: all(self.client_rc("status", jail) == 0 for jail in self.JAILS), "the jails to start")
 
     def _read_pid(self) -> int | None:
         try:
