@@ -86,6 +86,21 @@ def test_spool_replays_in_order(db: Database, host: Host) -> None:
     assert db.jails() == []
 
 
+def test_an_unreadable_event_is_set_aside_not_retried_forever(db: Database, host: Host) -> None:
+    host.write_config(port=closed_port())
+    host.ban("192.0.2.1")
+    host.ban("192.0.2.2")
+    first, _second = host.spooled()
+    first.write_bytes(first.read_bytes()[:20])  # cut short, as by a full disk
+    host.write_config()
+    host.ok("replay")
+    assert [row["ip"] for row in db.banned()] == ["192.0.2.2"]
+    assert host.spooled() == []
+    assert [path.name for path in host.rejected()] == [first.name]
+    host.ok("replay")  # the rejected event stays aside
+    assert [path.name for path in host.rejected()] == [first.name]
+
+
 def test_replay_while_the_database_is_still_away_keeps_the_spool(db: Database, host: Host) -> None:
     host.write_config(port=closed_port())
     host.ban("192.0.2.1")

@@ -40,7 +40,9 @@ def test_stale_rows_are_removed_not_retried_forever(db: Database, host: Host, fa
     db.insert_banned(ip="192.0.2.2", ports=DOVECOT_PORTS, protocol="tcp", jail="dovecot", hostname=host.name)
     db.insert_banned(ip="192.0.2.3", ports="22", protocol="tcp", jail="sshd-gone", hostname=host.name)
     db.insert_banned(ip="192.0.2.4", ports=DOVECOT_PORTS, protocol="tcp", jail="dovecot", hostname=host.name)
-    db.execute("UPDATE banned SET remove = 1 WHERE ip IN (%s, %s, %s)", ("192.0.2.1", "192.0.2.2", "192.0.2.3"))
+    # ... and one a panel or a hand-written INSERT left with something that is no address.
+    db.insert_banned(ip="not-an-ip; rm -rf /", ports=DOVECOT_PORTS, protocol="tcp", jail="dovecot", hostname=host.name)
+    db.execute("UPDATE banned SET remove = 1 WHERE ip <> %s", ("192.0.2.4",))
     host.ok("unban_db")
     assert [(row["ip"], row["remove"]) for row in db.banned()] == [("192.0.2.4", 0)]
     assert fail2ban.banned() == set()
