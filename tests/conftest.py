@@ -28,6 +28,7 @@ from testbed import (
     Host,
     Server,
     free_port,
+    mysql_admin,
     new_database,
     reap_lingering,
     write_private,
@@ -37,6 +38,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 3306
+MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 
 
 def need_service(reason: str) -> NoReturn:
@@ -86,12 +88,18 @@ def helper() -> Path:
 
 @pytest.fixture(scope="session")
 def mysql_server() -> Server:
-    """The machine's MariaDB, as root with no password (DESIGN.md: every dev and CI machine)."""
-    try:
-        pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", password="", connect_timeout=3).close()
-    except pymysql.err.MySQLError as exc:
-        need_service(f"MariaDB is not reachable as root at {MARIADB_HOST}:{MARIADB_PORT}: {exc}")
-    return Server("mysql", MARIADB_HOST, MARIADB_PORT, "root", "")
+    """The machine's MariaDB: root with no password over TCP (DESIGN.md), or root by unix_socket
+    authentication (Debian's default) when TCP refuses root. Test users always use TCP."""
+    problems = []
+    for via_socket in (False, True):
+        server = Server("mysql", MARIADB_HOST, MARIADB_PORT, "root", "", MARIADB_SOCKET, via_socket)
+        try:
+            mysql_admin(server).close()
+        except pymysql.err.MySQLError as exc:
+            problems.append(str(exc))
+            continue
+        return server
+    need_service(f"MariaDB is not reachable as root at {MARIADB_HOST}:{MARIADB_PORT} or {MARIADB_SOCKET}: {problems}")
 
 
 def _pg_bindir() -> Path | None:

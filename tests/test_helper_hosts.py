@@ -119,7 +119,7 @@ def test_unix_socket_connection(db: Database, host: Host) -> None:
     # MariaDB: the user@'localhost' account through mysqld's socket; PostgreSQL: the socket
     # directory of the test cluster, where scram-sha-256 still asks for the password.
     if db.backend == "mysql":
-        host.write_config(client={"host": "localhost", "socket": "/run/mysqld/mysqld.sock"})
+        host.write_config(client={"host": "localhost", "socket": db.server.unix_socket})
     else:
         host.write_config(client={"host": db.server.unix_socket})
     host.ban("192.0.2.40")

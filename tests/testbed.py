@@ -102,7 +102,10 @@ class Server:
     port: int
     admin_user: str
     admin_password: str
+    # MariaDB: mysqld's socket; PostgreSQL: the directory holding the cluster's socket.
     unix_socket: str = ""
+    # Reach the administrator through the socket (MariaDB's root by unix_socket auth).
+    admin_via_socket: bool = False
 
 
 class Database:
@@ -208,18 +211,20 @@ class Database:
         }
 
 
+def mysql_admin(server: Server) -> Any:
+    where: dict[str, Any] = (
+        {"unix_socket": server.unix_socket} if server.admin_via_socket else {"host": server.host, "port": server.port}
+    )
+    return pymysql.connect(
+        user=server.admin_user, password=server.admin_password, autocommit=True, connect_timeout=5, **where
+    )
+
+
 class MysqlDatabase(Database):
     backend = "mysql"
 
     def _admin(self) -> Any:
-        return pymysql.connect(
-            host=self.server.host,
-            port=self.server.port,
-            user=self.server.admin_user,
-            password=self.server.admin_password,
-            autocommit=True,
-            connect_timeout=5,
-        )
+        return mysql_admin(self.server)
 
     def create(self) -> None:
         admin = self._admin()
