@@ -69,8 +69,8 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         super().__init__(jail, name)
         self._helper = load_helper(helper)
         self._jail_name = self._helper.check_jail(jail.name)
-        self._port = self._helper._check(self._helper.PORTS_RE, port, "ports")
-        self._protocol = self._helper._check(self._helper.PROTOCOL_RE, protocol.lower(), "protocol")
+        self._port = self._helper.check_ports(port)
+        self._protocol = self._helper.check_protocol(protocol)
         settings = self._helper.load_settings(config, hostname)
         self._runner = self._helper.Runner(settings, retry_after_failure=float(retry))
         # The jail's thread and the command thread (banip/unbanip) may both call in.

@@ -53,6 +53,13 @@ def test_empty_failures_and_no_loglines(db: Database, host: Host) -> None:
     ]
 
 
+def test_ports_written_with_blanks_are_stored_without(db: Database, host: Host) -> None:
+    # A jail may say `port = 80, 443`; the action quotes <port>, the column keeps "80,443".
+    host.ok("ban", "198.51.100.13", "80, 443,\t25", "TCP", "dovecot", "1")
+    [row] = db.banned()
+    assert (row["ports"], row["protocol"]) == ("80,443,25", "tcp")
+
+
 def test_ban_time_is_stored_as_naive_utc(db: Database, host: Host) -> None:
     # fail2ban's <time> (epoch seconds); the helper runs with TZ=Asia/Tokyo (UTC+9).
     host.ok("ban", "--time", "1700000000.25", "198.51.100.11", DOVECOT_PORTS, "tcp", "dovecot", "1")
