@@ -1,0 +1,118 @@
+"""molecule/fresh: the roles on fresh Debian 12 and Debian 13 hosts, MariaDB and PostgreSQL.
+
+Slow (minutes): builds the two images when missing (scripts/build-images, from Debian's
+packages), then runs `molecule test -s fresh`: four podman containers (each release with each
+database), prepared as iRedMail hosts, converged, converged again (idempotence), verified.
+Needs root and a podman that runs containers here (scripts/podman-setup, which
+scripts/bootstrap runs). In CI a podman that cannot run them fails the test; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import IN_CI, need_service
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO = REPO / "molecule" / "fresh"
+RELEASES = ("debian12", "debian13")
+#: CI's whole run must stay under 30 minutes; the scenario takes about five.
+MOLECULE_TIMEOUT = 1500
+
+
+def podman_problem() -> str | None:
+    """Why podman cannot run the scenario's containers here, or None when it can."""
+    if os.geteuid() != 0:
+        return "molecule/fresh runs podman as root: run the tests as root"
+    for tool in ("podman", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/podman-setup installs it)"
+    info = subprocess.run(
+        ["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True, text=True, check=False
+    )
+    if info.returncode != 0:
+        return f"podman info failed: {info.stderr.strip()}"
+    if info.stdout.strip() != "runc":
+        return f"podman uses runtime {info.stdout.strip()!r}, not runc (scripts/podman-setup configures it)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, float]:
+    """Both images, built unless cached; returns how long each took (the build's own timing)."""
+    problem = podman_problem()
+    if problem is not None:
+        need_service(problem)
+    started = time.monotonic()
+    build = subprocess.run(
+        [str(REPO / "scripts" / "build-images"), *RELEASES], capture_output=True, text=True, check=False, timeout=900
+    )
+    print(build.stdout, build.stderr, f"build-images: {time.monotonic() - started:.0f} s", sep="\n")
+    if build.returncode != 0:
+        # debootstrap reaches the Debian mirror apt uses; without it there is nothing to test.
+        need_service(f"scripts/build-images failed ({build.returncode}): {build.stderr.strip()[-2000:]}")
+    run = subprocess.run(["podman", "run", "--rm", "--init", "f2bsql/debian12", "true"], capture_output=True, text=True)
+    if run.returncode != 0:
+        need_service(f"podman cannot run a container here: {run.stderr.strip()}")
+    timings = {}
+    for line in build.stdout.splitlines():
+        match = re.match(r"f2bsql/(\S+) (built|cached)\b(?:.*, (\d+) s\))?", line)
+        if match:
+            timings[match[1]] = float(match[3] or 0)
+    assert sorted(timings) == sorted(RELEASES), build.stdout
+    return timings
+
+
+def platforms() -> list[str]:
+    config = yaml.safe_load((SCENARIO / "molecule.yml").read_text())
+    return [platform["name"] for platform in config["platforms"]]
+
+
+def test_scenario_covers_both_releases_and_backends() -> None:
+    names = platforms()
+    for release in RELEASES:
+        for database in ("mariadb", "postgresql"):
+            assert f"f2bsql-{release}-{database}" in names
+
+
+@pytest.mark.slow
+def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
+    """`molecule test -s fresh` passes on every platform: converge, idempotence, verify."""
+    env = dict(os.environ)
+    # molecule calls ansible-playbook and ansible-config by name: this venv's, not another.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+    log = tmp_path / "molecule.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        try:
+            proc = subprocess.run(
+                ["molecule", "test", "-s", "fresh"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=MOLECULE_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            subprocess.run(["molecule", "destroy", "-s", "fresh"], cwd=REPO, env=env, capture_output=True, check=False)
+            pytest.fail(f"molecule test -s fresh took over {MOLECULE_TIMEOUT} s; log: {log}")
+    elapsed = time.monotonic() - started
+    output = log.read_text(errors="replace")
+    print(f"images: {images}; molecule test -s fresh: {elapsed:.0f} s{' (CI)' if IN_CI else ''}")
+    assert proc.returncode == 0, f"molecule test -s fresh failed ({proc.returncode}):\n{output[-20000:]}"
+    # Every platform reached the verify step, and the idempotence step found nothing to change.
+    recaps = re.findall(r"^\W*(f2bsql-\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", output, re.M)
+    for name in platforms():
+        assert sum(1 for host, _ in recaps if host == name) >= 4, f"{name} missing from a play recap"
+    assert re.search(r"idempotence.*Executed: Successful", output), output[-5000:]
+    assert re.search(r"verify.*Executed: Successful", output), output[-5000:]
