@@ -255,7 +255,7 @@ def host(make_host: Callable[..., Host], db: Database) -> Host:
 
 
 @pytest.fixture
-def start_fail2ban(make_host: Callable[..., Host]) -> Iterator[Callable[[Host], Fail2ban]]:
+def start_fail2ban(make_host: Callable[..., Host]) -> Iterator[Callable[..., Fail2ban]]:
     """Factory: a fail2ban-server of the host's own, whose banned_db action runs the helper
     under test with the host's config (F2BSQL_CONFIG in the server's environment)."""
     for program in ("fail2ban-server", "fail2ban-client"):
@@ -263,8 +263,8 @@ def start_fail2ban(make_host: Callable[..., Host]) -> Iterator[Callable[[Host], 
             need_service(f"{program} is not installed (Debian package fail2ban)")
     servers: list[Fail2ban] = []
 
-    def start(host: Host) -> Fail2ban:
-        server = Fail2ban(host.fail2ban_socket.parent, host.config)
+    def start(host: Host, **options: Any) -> Fail2ban:
+        server = Fail2ban(host.fail2ban_socket.parent, host.config, **options)
         servers.append(server)
         server.start()
         return server
@@ -287,5 +287,5 @@ def _reap_fail2ban_servers() -> Iterator[None]:
 
 
 @pytest.fixture
-def fail2ban(start_fail2ban: Callable[[Host], Fail2ban], host: Host) -> Fail2ban:
+def fail2ban(start_fail2ban: Callable[..., Fail2ban], host: Host) -> Fail2ban:
     return start_fail2ban(host)

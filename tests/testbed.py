@@ -31,6 +31,7 @@ import pymysql.cursors
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "files" / "fail2ban_banned_db"
+PYTHON_ACTION = REPO / "files" / "banned_db.py"
 SQL_DIR = REPO / "files" / "sql"
 ACTION_TEMPLATE = REPO / "templates" / "banned_db.conf.j2"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -553,6 +554,13 @@ failregex = ^auth failure from <HOST>( |$)
 datepattern = {NONE}
 """
 
+# The two ways a jail records its bans: the command action (a helper process per event) or the
+# Python action inside fail2ban-server (loads the helper under test as a module).
+RECORD_ACTIONS = {
+    "command": 'banned_db[name={jail}, port="{ports}", protocol=tcp]',
+    "python": 'banned_db.py[port="{ports}", protocol=tcp, helper=' + str(HELPER) + "]",
+}
+
 JAIL_CONF = """\
 [DEFAULT]
 backend = polling
@@ -565,15 +573,15 @@ usedns = no
 enabled = true
 filter = f2bsql-test
 logpath = {logfile}
-action = dummy[target="{dummy}"]
-         banned_db[name=dovecot, port="{dovecot_ports}", protocol=tcp]
+action = {dovecot_firewall}
+         {dovecot_record}
 
 [postfix]
 enabled = true
 filter = f2bsql-test
 logpath = {postfix_logfile}
-action = dummy[target="{postfix_dummy}"]
-         banned_db[name=postfix, port="{postfix_ports}", protocol=tcp]
+action = {postfix_firewall}
+         {postfix_record}
 """
 
 
@@ -582,7 +590,12 @@ class Fail2ban:
 
     JAILS = ("dovecot", "postfix")
 
-    def __init__(self, root: Path, helper_config: Path) -> None:
+    def __init__(self, root: Path, helper_config: Path, action: str = "command", firewall: bool = True) -> None:
+        """`action`: "command" or "python" (see RECORD_ACTIONS); `firewall`: run the `dummy`
+        action beside it, as a real jail runs its firewall action (a process per ban)."""
+        assert action in RECORD_ACTIONS, action
+        self.action = action
+        self.firewall = firewall
         self.root = root
         self.conf = root / "conf"
         self.socket = root / "fail2ban.sock"
@@ -608,20 +621,26 @@ class Fail2ban:
         )
         shutil.copy("/etc/fail2ban/action.d/dummy.conf", self.conf / "action.d" / "dummy.conf")
         (self.conf / "action.d" / "banned_db.conf").write_text(render_action(), encoding="utf-8")
+        # fail2ban loads a Python action from its own action.d, as the role installs it.
+        shutil.copy(PYTHON_ACTION, self.conf / "action.d" / "banned_db.py")
         (self.conf / "filter.d" / "f2bsql-test.conf").write_text(FILTER, encoding="utf-8")
         (self.conf / "jail.conf").write_text(
             JAIL_CONF.format(
                 logfile=self.logfile,
                 postfix_logfile=self.postfix_logfile,
-                dummy=self.root / "dovecot.dummy",
-                postfix_dummy=self.root / "postfix.dummy",
-                dovecot_ports=DOVECOT_PORTS,
-                postfix_ports=POSTFIX_PORTS,
+                dovecot_firewall=self._firewall("dovecot"),
+                postfix_firewall=self._firewall("postfix"),
+                dovecot_record=RECORD_ACTIONS[self.action].format(jail="dovecot", ports=DOVECOT_PORTS),
+                postfix_record=RECORD_ACTIONS[self.action].format(jail="postfix", ports=POSTFIX_PORTS),
             ),
             encoding="utf-8",
         )
         self.logfile.touch()
         self.postfix_logfile.touch()
+
+    def _firewall(self, jail: str) -> str:
+        # Without a firewall action the first line is left empty, which fail2ban skips.
+        return f'dummy[target="{self.root / (jail + ".dummy")}"]' if self.firewall else ""
 
     def start(self) -> None:
         self.write_config()
