@@ -1,0 +1,56 @@
+"""The localhost Molecule scenarios and the linters, run by the README's test command.
+
+`molecule test -s default` (MariaDB) and `-s postgresql` provision this very machine on an
+iRedMail-like fixture (molecule/resources/prepare.yml), prove the result with the real services
+(verify.yml) and put the machine back (cleanup.yml). They take minutes: marked slow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Everything that drives this machine's own fail2ban, cron and `fail2ban` databases (the
+# Molecule fixture, the installer's end-to-end test) must hold this lock: they share them.
+HOST_LOCK = "/run/lock/f2bsql-host-services.lock"
+LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "molecule/resources"]
+
+
+def _run(args: list[str], timeout: int) -> None:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-30000:]}\n{proc.stderr[-5000:]}"
+
+
+@pytest.fixture
+def host_lock() -> Iterator[None]:
+    with open(HOST_LOCK, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["default", "postgresql"])
+def test_molecule_scenario(scenario: str, host_lock: None) -> None:
+    _run([str(BIN / "molecule"), "test", "-s", scenario], timeout=1800)
+
+
+@pytest.mark.slow
+def test_ansible_lint_production() -> None:
+    _run([str(BIN / "ansible-lint"), *LINTED], timeout=900)
+
+
+@pytest.mark.slow
+def test_yamllint() -> None:
+    _run([str(BIN / "yamllint"), "--strict", *LINTED, ".ansible-lint", ".yamllint"], timeout=300)

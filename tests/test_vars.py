@@ -1,0 +1,109 @@
+"""Per-OS data of the roles: every vars file defines every key the roles use.
+
+The platform scenarios (Docker, Vagrant) cannot run on the CI machine, so this is what keeps
+vars/RedHat.yml, vars/OpenBSD.yml and friends honest: each OS file of a role defines the same
+keys, every `__<role>_*` name the role's tasks, handlers, defaults and templates read is defined
+somewhere, and each supported platform finds a file through the roles' first_found order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "vars").is_dir())
+TEMPLATES = ROOT / "templates"
+
+# (distribution, os_family, major version) as Ansible's facts name them.
+PLATFORMS = [
+    ("Debian", "Debian", "12"),
+    ("Ubuntu", "Debian", "24"),
+    ("Rocky", "RedHat", "9"),
+    ("AlmaLinux", "RedHat", "9"),
+    ("RedHat", "RedHat", "9"),
+    ("OpenBSD", "OpenBSD", "7"),
+    ("FreeBSD", "FreeBSD", "14"),
+]
+
+
+def _os_files(role: Path) -> list[Path]:
+    return sorted(p for p in (role / "vars").glob("*.yml") if p.name != "main.yml")
+
+
+def _load(path: Path) -> dict[str, object]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
+def _first_found(role: Path, distribution: str, family: str, major: str) -> Path | None:
+    for name in (
+        f"{distribution}_{major}.yml",
+        f"{distribution}.yml",
+        f"{family}_{major}.yml",
+        f"{family}.yml",
+    ):
+        if (role / "vars" / name).is_file():
+            return role / "vars" / name
+    return None
+
+
+def _texts(role: Path) -> list[str]:
+    """Everything the role reads variables in, including the shared templates it renders."""
+    files = [p for d in ("tasks", "handlers", "defaults") for p in (role / d).glob("*.yml")]
+    files += list(TEMPLATES.glob("*.j2"))
+    return [p.read_text(encoding="utf-8") for p in files]
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_each_os_file_defines_the_same_keys(role: Path) -> None:
+    files = _os_files(role)
+    assert files, f"{role.name} has no per-OS vars files"
+    keys = {path.name: set(_load(path)) for path in files}
+    union = set().union(*keys.values())
+    for name, have in keys.items():
+        assert have == union, f"{role.name}/vars/{name} lacks {sorted(union - have)}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_internal_name_the_role_reads_is_defined(role: Path) -> None:
+    prefix = f"__{role.name}_"
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]+")
+    used = {name for text in _texts(role) for name in pattern.findall(text)}
+    defined: set[str] = set(_load(role / "vars" / "main.yml")) if (role / "vars" / "main.yml").is_file() else set()
+    for path in _os_files(role):
+        defined |= set(_load(path))
+    # Names the tasks set themselves (set_fact, task vars, registered facts).
+    for path in (role / "tasks").glob("*.yml"):
+        defined |= set(re.findall(r"^\s*(" + re.escape(prefix) + r"[a-z0-9_]+):", path.read_text(), re.M))
+    missing = sorted(used - defined)
+    assert not missing, f"{role.name} reads {missing}, defined nowhere"
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: f"{p[0]}{p[2]}")
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_platform_finds_its_vars_file(role: Path, platform: tuple[str, str, str]) -> None:
+    found = _first_found(role, *platform)
+    assert found is not None, f"{role.name}: no vars file for {platform}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_package_maps_cover_both_backends(role: Path) -> None:
+    for path in _os_files(role):
+        for key, value in _load(path).items():
+            if key.endswith("_packages") and isinstance(value, dict):
+                assert set(value) == {"mysql", "pgsql"}, f"{path.name}: {key}"
+                assert all(isinstance(v, list) and v for v in value.values()), f"{path.name}: {key}"
+            elif isinstance(value, str):
+                assert value.strip(), f"{path.name}: {key} is empty"
+
+
+def test_bsd_files_use_wheel_and_local_python() -> None:
+    for name in ("OpenBSD.yml", "FreeBSD.yml"):
+        data = _load(ROOT / "roles" / "f2bsql_fail2ban" / "vars" / name)
+        assert data["__f2bsql_fail2ban_group"] == "wheel"
+        assert data["__f2bsql_fail2ban_python"] == "/usr/local/bin/python3"
