@@ -7,20 +7,15 @@ iRedMail-like fixture (molecule/resources/prepare.yml), prove the result with th
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# Everything that drives this machine's own fail2ban, cron and `fail2ban` databases (the
-# Molecule fixture, the installer's end-to-end test) must hold this lock: they share them.
-HOST_LOCK = "/run/lock/f2bsql-host-services.lock"
 LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "molecule/resources"]
 
 
@@ -30,19 +25,10 @@ def _run(args: list[str], timeout: int) -> None:
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-30000:]}\n{proc.stderr[-5000:]}"
 
 
-@pytest.fixture
-def host_lock() -> Iterator[None]:
-    with open(HOST_LOCK, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["default", "postgresql"])
-def test_molecule_scenario(scenario: str, host_lock: None) -> None:
+def test_molecule_scenario(scenario: str) -> None:
+    # prepare.yml/cleanup.yml serialise every user of the fixture (/var/tmp/f2bsql-fixture.lock).
     _run([str(BIN / "molecule"), "test", "-s", scenario], timeout=1800)
 
 
