@@ -1,0 +1,71 @@
+"""Where the helper finds its settings when none is named (docs/helper.md), in a temp tree.
+
+The helper is loaded as the module it also is, with its well-known paths pointed into a
+temporary directory: the real /root and PostgreSQL home are shared with the rest of the run.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from testbed import HELPER, write_private
+
+
+@pytest.fixture
+def helper_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("f2bsql_helper_settings", str(HELPER))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "pghome").mkdir()
+    monkeypatch.setattr(
+        module, "MYSQL_CREDENTIAL_FILES", (str(tmp_path / "root/.my.cnf-fail2ban"), str(tmp_path / "root/.my.cnf"))
+    )
+    monkeypatch.setattr(module, "PGSQL_HOMES", (str(tmp_path / "nothing-here"), str(tmp_path / "pghome")))
+    monkeypatch.delenv("F2BSQL_CONFIG", raising=False)
+    monkeypatch.delenv("F2BSQL_HOSTNAME", raising=False)
+    return module
+
+
+def mycnf(user: str) -> str:
+    return f'[client]\nhost = "127.0.0.1"\nport = 3306\nuser = {user}\npassword = "p:w"\n'
+
+
+def test_dedicated_files_win_over_roots_general_one(helper_module: ModuleType, tmp_path: Path) -> None:
+    write_private(tmp_path / "root/.my.cnf", mycnf("root"))
+    write_private(tmp_path / "pghome/.pgpass", "db.example.test:5433:fail2ban:fail2ban:pg\\:secret\n")
+    settings = helper_module.load_settings(None, None)
+    # A PostgreSQL host with MariaDB's root .my.cnf still uses its line for user fail2ban.
+    assert (settings.backend, settings.host, settings.port, settings.password) == (
+        "pgsql",
+        "db.example.test",
+        5433,
+        "pg:secret",
+    )
+    write_private(tmp_path / "root/.my.cnf-fail2ban", mycnf("fail2ban"))
+    settings = helper_module.load_settings(None, "mail9")
+    assert (settings.backend, settings.user, settings.password, settings.hostname) == (
+        "mysql",
+        "fail2ban",
+        "p:w",
+        "mail9",
+    )
+
+
+def test_roots_general_files_come_last(helper_module: ModuleType, tmp_path: Path) -> None:
+    write_private(tmp_path / "pghome/.pgpass", "*:*:*:*:any\n")
+    settings = helper_module.load_settings(None, None)
+    assert (settings.backend, settings.host, settings.port, settings.database) == ("pgsql", "", 5432, "fail2ban")
+    write_private(tmp_path / "root/.my.cnf", mycnf("root"))
+    assert helper_module.load_settings(None, None).backend == "mysql"
+
+
+def test_nothing_found_is_a_config_error(helper_module: ModuleType) -> None:
+    with pytest.raises(helper_module.ConfigError, match="no database settings found"):
+        helper_module.load_settings(None, None)
