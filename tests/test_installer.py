@@ -518,11 +518,10 @@ def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
 # These provision this machine for real, from the wheel installed into a fresh venv, on the
 # iRedMail-like fixture the Molecule scenarios use (molecule/resources/prepare.yml: iRedMail's
 # jails with a dummy firewall action, its crontab, iRedAdmin-Pro's settings.py), and put the
-# machine back with molecule/resources/cleanup.yml (uninstall, drop, restore). They share that
-# fixture's state directory, so they must not run while a Molecule scenario runs.
+# machine back with molecule/resources/cleanup.yml (uninstall, drop, restore). The fixture's
+# lock keeps them and a Molecule scenario from holding the machine at the same time.
 
 MOLECULE = REPO / "molecule" / "resources"
-MOLECULE_STATE = Path("/var/tmp/f2bsql-molecule")
 #: The fixture's enabled jails (molecule/resources/vars.yml), and the port list of its dovecot.
 FIXTURE_JAILS = ("dovecot", "postfix", "postfix-pregreet", "roundcube", "sogo")
 DOVECOT_PORTS = "80,443,25,587,465,110,995,143,993,4190"
@@ -551,13 +550,19 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin/f2bsql-install"
 
 
+#: The fixture's lock owner (molecule/resources/tasks/lock.yml): prepare waits while a Molecule
+#: run holds the machine, and cleanup never undoes another run's fixture.
+FIXTURE_OWNER = f"f2bsql-install-e2e-{os.getpid()}"
+
+
 def molecule_playbook(name: str, *extra: str) -> None:
     proc = sh(
         str(Path(sys.executable).parent / "ansible-playbook"),
         *("-i", "localhost,", "-c", "local", str(MOLECULE / name), *extra),
         check=False,
-        env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3"},
+        env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "F2BSQL_FIXTURE_OWNER": FIXTURE_OWNER},
         cwd=REPO,
+        timeout=2400,  # prepare may wait up to 30 minutes for another run's fixture
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
 
@@ -570,8 +575,6 @@ def iredmail_host(installed: Path, request: pytest.FixtureRequest) -> Iterator[P
     for tool in ("fail2ban-client", "mysql", "psql", "crontab"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (scripts/bootstrap installs it)")
-    if MOLECULE_STATE.exists():
-        pytest.fail(f"{MOLECULE_STATE} exists: a Molecule scenario is running or left its fixture")
     backend = request.param
     try:
         molecule_playbook("prepare.yml")
