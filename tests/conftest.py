@@ -22,6 +22,7 @@ import pymysql
 import pytest
 from testbed import (
     BACKENDS,
+    FIGURES,
     HELPER,
     Database,
     Fail2ban,
@@ -65,6 +66,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if FIGURES:
+        terminalreporter.section("f2bsql figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
     if IN_CI and _skipped:
         terminalreporter.section("CI=true: skipped tests fail the run", red=True)
         for nodeid in _skipped:

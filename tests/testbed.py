@@ -51,6 +51,15 @@ BASE_ENV = {
 }
 
 
+# Figures the tests measure (cases run, rows checked, timings), printed at the end of the run so
+# that they can be quoted (README's "Guarantees"): conftest.py's pytest_terminal_summary.
+FIGURES: list[str] = []
+
+
+def record_figure(line: str) -> None:
+    FIGURES.append(line)
+
+
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0, interval: float = 0.05) -> Any:
     """Poll until predicate() is truthy and return it; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
