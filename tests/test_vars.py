@@ -107,3 +107,46 @@ def test_bsd_files_use_wheel_and_local_python() -> None:
         data = _load(ROOT / "roles" / "f2bsql_fail2ban" / "vars" / name)
         assert data["__f2bsql_fail2ban_group"] == "wheel"
         assert data["__f2bsql_fail2ban_python"] == "/usr/local/bin/python3"
+
+
+FAIL2BAN_VARS = ROOT / "roles" / "f2bsql_fail2ban" / "vars"
+
+
+@pytest.mark.parametrize("name", ["Debian.yml", "RedHat.yml", "OpenBSD.yml", "FreeBSD.yml"])
+def test_geoip_values_of_each_os(name: str) -> None:
+    data = _load(FAIL2BAN_VARS / name)
+    packages = data["__f2bsql_fail2ban_geoip_packages"]
+    repos = data["__f2bsql_fail2ban_geoip_repo_packages"]
+    assert isinstance(packages, list) and packages and all(isinstance(p, str) and p for p in packages)
+    assert isinstance(repos, list) and all(isinstance(p, str) and p for p in repos)
+    assert isinstance(data["__f2bsql_fail2ban_geoip_refresh"], bool)
+    # Every OS gets the MMDB reader: the refreshed DB-IP file is the helper's first backend.
+    assert any("maxminddb" in p for p in packages), f"{name}: no maxminddb reader"
+
+
+def test_geoip_refresh_is_on_where_the_distro_has_no_data_the_helper_reads() -> None:
+    refresh = {p.name: _load(p)["__f2bsql_fail2ban_geoip_refresh"] for p in _os_files(FAIL2BAN_VARS.parent)}
+    assert refresh == {"Debian.yml": False, "FreeBSD.yml": True, "OpenBSD.yml": True, "RedHat.yml": True}
+    assert _load(FAIL2BAN_VARS / "RedHat.yml")["__f2bsql_fail2ban_geoip_repo_packages"] == ["epel-release"]
+
+
+def test_refreshed_mmdb_is_the_first_path_the_helper_reads() -> None:
+    helper = (ROOT / "files" / "fail2ban_banned_db").read_text(encoding="utf-8")
+    first = re.search(r"^MMDB_PATHS = \(\s*\"([^\"]+)\"", helper, re.M)
+    assert first is not None, "MMDB_PATHS not found in the helper"
+    assert _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_geoip_mmdb"] == first.group(1)
+
+
+def test_driver_modules_cover_both_backends() -> None:
+    modules = _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_driver_modules"]
+    assert modules == {"mysql": "pymysql", "pgsql": "psycopg2"}
+    # The helper imports exactly these.
+    helper = (ROOT / "files" / "fail2ban_banned_db").read_text(encoding="utf-8")
+    assert all(f"import {module}" in helper for module in modules.values())
+
+
+def test_python_action_default_helper_matches_banned_db_py() -> None:
+    action = (ROOT / "files" / "banned_db.py").read_text(encoding="utf-8")
+    default = re.search(r'^DEFAULT_HELPER = "([^"]+)"', action, re.M)
+    assert default is not None
+    assert _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_python_action_helper"] == default.group(1)

@@ -13,7 +13,9 @@ description:
     literal per line (no server needed), and returns each enabled jail with the port and
     protocol of its first action that is not I(exclude_action).
   - Reading the configuration changes nothing, so the module never reports a change.
-    Ignoring I(exclude_action) keeps the answer the same once that action has been added.
+    Ignoring I(exclude_action) keeps the answer the same once that action has been added,
+    as the command action C(banned_db) or as the Python action C(banned_db.py) (fail2ban
+    names both C(banned_db)).
   - Fails when a jail named in I(jails) is not an enabled jail.
 version_added: "0.1.0"
 options:
@@ -24,7 +26,7 @@ options:
     default: []
   config_dir: {description: fail2ban configuration directory., type: path, default: /etc/fail2ban}
   client: {description: fail2ban-client command., type: str, default: fail2ban-client}
-  exclude_action: {description: Action to look past (ours)., type: str, default: banned_db}
+  exclude_action: {description: "Action to look past (ours; also its Python form, name.py).", type: str, default: banned_db}
   default_port: {description: Port when no action names one (allports actions)., type: str, default: "0:65535"}
   default_protocol: {description: Protocol when no action names one., type: str, default: tcp}
 attributes:
@@ -55,6 +57,7 @@ enabled:
 """
 
 import ast
+import json
 import re
 
 # What the helper accepts (docs/helper.md); anything else would be refused at every ban.
@@ -85,6 +88,13 @@ def parse_dump(text):
                 if isinstance(pair, list) and len(pair) == 2:
                     params[pair[0]] = pair[1]
             jails.setdefault(cmd[1], []).append((cmd[3], params))
+        elif cmd[0] == "set" and len(cmd) >= 6 and cmd[2] == "addaction":
+            # A Python action (action.d/<name>.py): its options are one JSON object.
+            try:
+                params = json.loads(cmd[5])
+            except ValueError:
+                params = {}
+            jails.setdefault(cmd[1], []).append((cmd[3], params if isinstance(params, dict) else {}))
         elif cmd[0] == "set" and len(cmd) >= 5 and cmd[2] == "action":
             # Older fail2ban prints one `set <jail> action <act> <param> <value>` per parameter.
             actions = jails.setdefault(cmd[1], [])
