@@ -76,6 +76,8 @@ def test_upgrade_from_iredmail_schema(
     db.apply_sql((FIXTURES / "schema" / f"iredmail-{version}.{backend}").read_text(encoding="utf-8"))
     for row in OLD_ROWS:
         db.insert_banned(**row)
+    # iRedMail's `remove` was nullable; a NULL must become 0, or unban/stop would never match it.
+    db.insert_banned(**{**OLD_ROWS[0], "ip": "192.0.2.9", "remove": None})
     if version == "1.7":
         for name, enabled in OLD_JAILS:
             db.execute("INSERT INTO jails (name, enabled) VALUES (%s, %s)", (name, enabled))
@@ -88,7 +90,12 @@ def test_upgrade_from_iredmail_schema(
     db.apply_schema()
     assert db.fingerprint() == upgraded, "applying the schema a second time changed it"
 
-    assert _old_view(db) == rows_before
+    remove_at = OLD_COLUMNS.index("remove")
+    assert _old_view(db) == [
+        (*row[:remove_at], 0 if row[remove_at] is None else row[remove_at], *row[remove_at + 1 :])
+        for row in rows_before
+    ]
+    assert db.columns("banned")["remove"]["nullable"] == "NO"
     assert db.unique_keys("banned") == {("ip", "ports", "protocol", "jail", "hostname")}
     assert db.unique_keys("jails") == {("name", "hostname")}
     assert db.columns("banned")["country"]["length"] == 255

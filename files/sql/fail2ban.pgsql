@@ -57,6 +57,11 @@ BEGIN
 END
 $f2bsql$;
 
+-- iRedMail's remove allowed NULL; unban and stop act on remove = 0 rows, so make it 0/1 only.
+UPDATE banned SET remove = 0 WHERE remove IS NULL;
+ALTER TABLE banned ALTER COLUMN remove SET DEFAULT 0;
+ALTER TABLE banned ALTER COLUMN remove SET NOT NULL;
+
 -- The old unique index (ip, ports, protocol) would refuse the same address on a second jail or
 -- host; iRedMail 1.7's `jails` is unique on the name alone. Drop whichever unique index covers
 -- exactly those columns, whatever it was called.
