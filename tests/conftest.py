@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import psycopg2
 import pymysql
 import pytest
+from servers import OWN_SERVERS, OwnServer, ServiceMissing
 from testbed import (
     BACKENDS,
     FIGURES,
@@ -195,6 +196,44 @@ def pgsql_server() -> Iterator[Server]:
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _own_servers() -> Iterator[dict[str, OwnServer]]:
+    servers: dict[str, OwnServer] = {}
+    yield servers
+    for server in servers.values():
+        server.remove()
+
+
+@pytest.fixture
+def own_server(_own_servers: dict[str, OwnServer], backend: str) -> OwnServer:
+    """A database server of the tests' own (tests/servers.py), running: the test may crash it.
+
+    One per backend and session, started on first use and again for each test that finds it down.
+    """
+    server = _own_servers.get(backend)
+    if server is None:
+        try:
+            server = _own_servers[backend] = OWN_SERVERS[backend]()
+        except ServiceMissing as exc:
+            need_service(str(exc))
+    if not server.answers():
+        server.stop()
+        server.start()
+    return server
+
+
+@pytest.fixture
+def own_db(own_server: OwnServer) -> Iterator[Database]:
+    """A database with files/sql's schema on the test's own server."""
+    database = new_database(own_server.server())
+    database.create()
+    database.apply_schema()
+    yield database
+    database.close()
+    if own_server.answers():  # else it goes with the server's directory at the end
+        database.drop()
 
 
 # --------------------------------------------------------------------------- databases

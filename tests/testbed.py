@@ -616,9 +616,9 @@ class Fail2ban:
         self.pid: int | None = None
 
     def write_config(self) -> None:
-        (self.conf / "action.d").mkdir(parents=True)
-        (self.conf / "filter.d").mkdir()
-        (self.conf / "jail.d").mkdir()
+        (self.conf / "action.d").mkdir(parents=True, exist_ok=True)
+        (self.conf / "filter.d").mkdir(exist_ok=True)
+        (self.conf / "jail.d").mkdir(exist_ok=True)
         shutil.copy("/etc/fail2ban/fail2ban.conf", self.conf / "fail2ban.conf")
         (self.conf / "fail2ban.local").write_text(
             "[Definition]\n"
