@@ -140,33 +140,41 @@ def measure(backend: str, action: str, sizes: list[int], runs: int, singles: int
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
+def _figure_order(name: str) -> tuple[int, int]:
+    kind, _, size = name.partition(" ")
+    kinds = ["burst", "unban_db", "ban", "unban", "cli"]
+    return (kinds.index(kind) if kind in kinds else len(kinds), int(size) if size.isdigit() else 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="mysql,pgsql")
     parser.add_argument("--sizes", default="100,500,2000", help="burst sizes, comma separated")
+    parser.add_argument(
+        "--baseline-sizes", help="burst sizes for the command action (default: --sizes); it forks a helper per ban"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--singles", type=int, default=15, help="single ban/unban samples per run")
     parser.add_argument("--no-firewall", action="store_true", help="leave out the dummy firewall action")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
+    baseline_sizes = [int(size) for size in (args.baseline_sizes or args.sizes).split(",")]
     firewall = not args.no_firewall
     print(f"fail2ban jail: {'dummy firewall action + ' if firewall else ''}banned_db; medians of {args.runs} runs")
     try:
         for backend in args.backends.split(","):
-            results = {action: measure(backend, action, sizes, args.runs, args.singles, firewall)
-                       for action in ("command", "python")}  # fmt: skip
-            print(f"\n{backend}: {'figure':<16}{'command action':>16}{'Python action':>16}{'ratio':>9}")
-            for name in results["command"]:
-                command = results["command"][name]
+            results = {
+                "command": measure(backend, "command", baseline_sizes, args.runs, args.singles, firewall),
+                "python": measure(backend, "python", sizes, args.runs, args.singles, firewall),
+            }
+            print(f"\n{backend}: {'figure':<16}{'command action':>16}{'Python action':>16}{'ratio':>9}", flush=True)
+            for name in sorted({*results["command"], *results["python"]}, key=_figure_order):
+                command = results["command"].get(name)
                 python = results["python"].get(name)
-                if python is None:
-                    print(f"{'':{len(backend) + 2}}{name:<16}{command * 1000:>13.1f} ms{'':>16}{'':>9}")
-                else:
-                    ratio = command / python if python else float("inf")
-                    print(
-                        f"{'':{len(backend) + 2}}{name:<16}{command * 1000:>13.1f} ms"
-                        f"{python * 1000:>13.1f} ms{ratio:>8.1f}x"
-                    )
+                left = f"{command * 1000:>13.1f} ms" if command is not None else f"{'-':>16}"
+                right = f"{python * 1000:>13.1f} ms" if python is not None else f"{'-':>16}"
+                ratio = f"{command / python:>8.1f}x" if command is not None and python else f"{'':>9}"
+                print(f"{'':{len(backend) + 2}}{name:<16}{left}{right}{ratio}", flush=True)
     finally:
         reap_lingering()
     return 0
