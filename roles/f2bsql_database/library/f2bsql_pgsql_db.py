@@ -95,12 +95,12 @@ def main():
         ),
         supports_check_mode=True,
     )
-    from psycopg2 import sql  # noqa: PLC0415 - pgsql_connect reports a missing driver first
-
     p = module.params
     db = check_identifier(module, p["name"], "database name")
     owner = check_identifier(module, p["owner"], "owner")
     conn = pgsql_connect(module)
+    from psycopg2 import sql  # noqa: PLC0415 - pgsql_connect reports a missing driver first
+
     cur = conn.cursor()
     cur.execute("SHOW hba_file")
     hba_file = cur.fetchone()[0]

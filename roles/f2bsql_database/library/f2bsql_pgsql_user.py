@@ -95,11 +95,11 @@ def main():
         required_if=[("state", "present", ("password",))],
         supports_check_mode=True,
     )
-    from psycopg2 import sql  # noqa: PLC0415 - pgsql_connect reports a missing driver first
-
     p = module.params
     name = check_identifier(module, p["name"], "role name")
     conn = pgsql_connect(module)
+    from psycopg2 import sql  # noqa: PLC0415 - pgsql_connect reports a missing driver first
+
     cur = conn.cursor()
     cur.execute(
         "SELECT rolpassword, rolsuper, rolcreatedb, rolcreaterole, rolcanlogin"

@@ -42,6 +42,22 @@ def check_identifier(module, value, what):
     return value
 
 
+def driver_missing(module, driver, packages):
+    """The backend's driver cannot be imported: fail, except in check mode.
+
+    In check mode on a fresh host the role's driver task only says it would install the
+    driver, so the database cannot be looked at yet: report that provisioning would happen
+    (changed) instead of failing the dry run (found by molecule/fresh).
+    """
+    if module.check_mode:
+        module.exit_json(
+            changed=True,
+            msg="%s is not installed yet (the role installs it first): the database cannot be inspected,"
+            " assuming it would be provisioned" % (driver,),
+        )
+    module.fail_json(msg="%s is missing on the target (%s)" % (driver, packages))
+
+
 # ---------------------------------------------------------------------- MySQL / MariaDB
 
 
@@ -55,7 +71,7 @@ def mysql_connect(module, database=None, multi_statements=False):
         import pymysql  # noqa: PLC0415 - only hosts of this backend need the driver
         from pymysql.constants import CLIENT  # noqa: PLC0415
     except ImportError:
-        module.fail_json(msg="PyMySQL is missing on the target (python3-pymysql / py3-pymysql)")
+        driver_missing(module, "PyMySQL", "python3-pymysql / py3-pymysql")
     p = module.params
     kwargs = dict(
         user=p["login_user"],
@@ -103,7 +119,7 @@ def pgsql_connect(module, database=None, autocommit=True):
     try:
         import psycopg2  # noqa: PLC0415 - only hosts of this backend need the driver
     except ImportError:
-        module.fail_json(msg="psycopg2 is missing on the target (python3-psycopg2 / py3-psycopg2)")
+        driver_missing(module, "psycopg2", "python3-psycopg2 / py3-psycopg2")
     p = module.params
     kwargs = dict(dbname=database or p["login_db"], connect_timeout=10)
     if p["login_host"]:
