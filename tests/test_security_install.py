@@ -1,0 +1,386 @@
+"""Secrets, permissions, idempotency and undo of a real install (playbooks/site.yml) on this machine.
+
+On the iRedMail-like fixture of the Molecule scenarios (molecule/resources/prepare.yml, held
+with the fixture's lock, put back by cleanup.yml), whose `fail2ban` database iRedMail's own
+schema made, with rows, a user and its credential file:
+
+- install: every row is kept and upgraded; every file holding the password is 0600/0400 and
+  root- or postgres-owned (iRedAdmin-Pro's settings.py is the one exception: the panel reads it,
+  www-data 0640 as iRedMail installs it); the password is in no process command line (sampled
+  every 10 ms through the runs and a ban) and not in Ansible's output at default verbosity;
+  the database user can do nothing outside its own database;
+- install again: 0 changes;
+- uninstall, install again: the same state as after the first install (files, modes, owners,
+  cron, grants, schema and rows), only the password differs (nobody knew it any more).
+
+f2bsql-install's own log is checked by test_installer.py's end-to-end test. Slow: five
+playbook runs per backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import secrets
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.sql
+import pymysql
+import pytest
+from testbed import FIXTURES, REPO, Database, MysqlDatabase, PgsqlDatabase, Server, b64, record_figure, wait_for
+
+PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+MOLECULE = REPO / "molecule" / "resources"
+OWNER = f"f2bsql-security-install-{os.getpid()}"
+MYSQL_CREDENTIALS = Path("/root/.my.cnf-fail2ban")
+PGPASS = Path("/var/lib/postgresql/.pgpass")
+SETTINGS = Path("/opt/www/iredadmin/settings.py")
+# Where an install writes, and where a leaked password would land.
+SCANNED = [
+    "/etc",
+    "/root",
+    "/var/lib/postgresql",
+    "/opt/www",
+    "/usr/local",
+    "/var/spool",
+    "/var/log",
+    "/tmp",
+    "/var/tmp",
+]
+# What makes up "the state of an installed host" (beside cron, grants, schema and rows).
+STATE_TREES = ["/etc/fail2ban", "/usr/local/bin", "/opt/www/iredadmin", "/var/spool/f2bsql"]
+IREDMAIL_ROWS = [
+    {"ip": "192.0.2.201", "ports": "22", "protocol": "tcp", "jail": "sshd", "hostname": "mx.example.test",
+     "country": "AU, Australia", "rdns": "one.example.test", "failures": 5, "loglines": b64(b"Failed password"),
+     "remove": 0},
+    {"ip": "2001:db8::201", "ports": "80,443", "protocol": "tcp", "jail": "nginx", "hostname": "mx.example.test",
+     "country": "", "rdns": "", "failures": 0, "loglines": "", "remove": 1},
+    {"ip": "192.0.2.202", "ports": "25", "protocol": "tcp", "jail": "postfix", "hostname": "mx.example.test",
+     "country": "", "rdns": "", "failures": 3, "loglines": "", "remove": None},
+]  # fmt: skip
+
+
+def run(*cmd: str, timeout: int = 2400, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "F2BSQL_FIXTURE_OWNER": OWNER}
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw)
+
+
+def playbook(path: Path, backend: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    done = run(
+        PLAYBOOK, "-i", "localhost,", "-c", "local", str(path), "-e", f"f2bsql_database_backend={backend}", *extra
+    )
+    assert done.returncode == 0, f"{path.name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+    return done
+
+
+def changed(done: subprocess.CompletedProcess[str]) -> int:
+    [count] = re.findall(r"^localhost\s+:\s+ok=\d+\s+changed=(\d+)", done.stdout, re.MULTILINE)
+    return int(count)
+
+
+class CommandLines:
+    """Every process command line on this machine, sampled every 10 ms while it runs."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, None] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        self.seen[Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ")] = None
+            self.samples += 1
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> CommandLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def holding(self, password: str) -> list[bytes]:
+        return [line for line in self.seen if password.encode() in line]
+
+
+# --------------------------------------------------------------------------- the databases
+
+
+def machine_server(backend: str) -> Server:
+    """The machine's own database server (the one site.yml provisions), as its administrator."""
+    if backend == "mysql":
+        return Server("mysql", "127.0.0.1", 3306, "root", "", "/run/mysqld/mysqld.sock", admin_via_socket=True)
+    return Server("pgsql", "127.0.0.1", 5432, "postgres", "")  # pg_hba: trust on 127.0.0.1
+
+
+def fail2ban_db(backend: str, password: str) -> Database:
+    kind = MysqlDatabase if backend == "mysql" else PgsqlDatabase
+    return kind(machine_server(backend), "fail2ban", password)
+
+
+def seed_iredmail_database(backend: str) -> str:
+    """What iRedMail (<= 1.6) left: the database, its user, rows, and the credential file."""
+    password = secrets.token_hex(16)
+    db = fail2ban_db(backend, password)
+    db.create()  # database + user `fail2ban` with this password, rights on the database
+    db.apply_sql((FIXTURES / "schema" / f"iredmail-1.6.{backend}").read_text(encoding="utf-8"))
+    for row in IREDMAIL_ROWS:
+        db.insert_banned(**row)
+    db.close()
+    if backend == "mysql":
+        text = f'[client]\nhost = 127.0.0.1\nport = 3306\nuser = fail2ban\npassword = "{password}"\n'
+        _write_secret(MYSQL_CREDENTIALS, text, "root")
+    else:
+        _write_secret(PGPASS, f"127.0.0.1:5432:fail2ban:fail2ban:{password}\n", "postgres")
+    return password
+
+
+def _write_secret(path: Path, text: str, owner: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    subprocess.run(["chown", f"{owner}:{owner}", str(path)], check=True)
+
+
+def installed_password(backend: str) -> str:
+    if backend == "mysql":
+        [password] = re.findall(r"^\s*password\s*=\s*\"?([^\"\n]*)\"?\s*$", MYSQL_CREDENTIALS.read_text(), re.M)
+    else:
+        [password] = [line.split(":", 4)[4] for line in PGPASS.read_text().splitlines() if ":fail2ban:" in line]
+    return str(password)
+
+
+def drop_machine_database(backend: str) -> None:
+    db = fail2ban_db(backend, "")
+    with contextlib.suppress(pymysql.err.MySQLError, psycopg2.Error):
+        db.drop()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_files_holding(*passwords: str) -> list[str]:
+    """Every file under SCANNED holding a password: 0600/0400, root/postgres; settings.py apart."""
+    found, problems = [], []
+    needles = [password.encode() for password in passwords]
+    for top in SCANNED:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(folder, name))]
+            for name in files:
+                path = Path(folder, name)
+                try:
+                    info = path.lstat()
+                    if not stat.S_ISREG(info.st_mode) or info.st_size > 8 * 1024 * 1024:
+                        continue
+                    content = path.read_bytes()
+                    if not any(needle in content for needle in needles):
+                        continue
+                except OSError:
+                    continue
+                found.append(str(path))
+                mode, owner = stat.S_IMODE(info.st_mode), _user(info.st_uid)
+                if path == SETTINGS:  # iRedAdmin-Pro reads it as www-data: never world-readable
+                    if mode & 0o007:
+                        problems.append(f"{path}: {mode:o} is world-readable")
+                elif mode not in (0o600, 0o400) or owner not in ("root", "postgres"):
+                    problems.append(f"{path}: mode {mode:o}, owner {owner}")
+    assert not problems, "files holding the password:\n" + "\n".join(problems)
+    return found
+
+
+def _user(uid: int) -> str:
+    try:
+        return str(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return str(uid)
+
+
+def check_rights_end_at_its_database(backend: str, password: str) -> None:
+    """The fail2ban user works in `fail2ban` and nowhere else."""
+    other = f"f2bsql_other_{secrets.token_hex(4)}"
+    server = machine_server(backend)
+    if backend == "mysql":
+        admin = pymysql.connect(unix_socket=server.unix_socket, user="root", autocommit=True)
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{other}`")
+            cursor.execute(f"CREATE TABLE `{other}`.secret (v INT)")
+        try:
+            own = pymysql.connect(host="127.0.0.1", user="fail2ban", password=password, database="fail2ban")
+            with own.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM banned")
+                cursor.execute("SHOW DATABASES")
+                assert {row[0] for row in cursor.fetchall()} == {"fail2ban", "information_schema"}
+                # The other database's name is made here (f2bsql_other_<hex>), never taken from input.
+                for statement in (f"SELECT * FROM `{other}`.secret", "SELECT * FROM mysql.user",  # noqa: S608
+                                  "CREATE DATABASE f2bsql_not_allowed"):  # fmt: skip
+                    with pytest.raises(pymysql.err.OperationalError, match="denied"):
+                        cursor.execute(statement)
+            own.close()
+            for database in (other, "mysql"):
+                with pytest.raises(pymysql.err.OperationalError, match="denied"):
+                    pymysql.connect(host="127.0.0.1", user="fail2ban", password=password, database=database)
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE `{other}`")
+            admin.close()
+        return
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(other)))
+    try:
+        setup = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=other)
+        setup.autocommit = True
+        with setup.cursor() as cursor:
+            cursor.execute("CREATE TABLE secret (v INT)")
+        setup.close()
+        # PostgreSQL lets any role connect to any database (PUBLIC's CONNECT); it must find
+        # nothing it may read or write there, nor create databases or roles.
+        own = psycopg2.connect(host="127.0.0.1", port=5432, user="fail2ban", password=password, dbname=other)
+        own.autocommit = True
+        with own.cursor() as cursor:
+            for statement in ("SELECT * FROM secret", "CREATE TABLE public.mine (v INT)",
+                              "CREATE DATABASE f2bsql_not_allowed", "CREATE ROLE f2bsql_not_allowed"):  # fmt: skip
+                with pytest.raises(psycopg2.Error, match="permission denied"):
+                    cursor.execute(statement)
+        own.close()
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(psycopg2.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg2.sql.Identifier(other)))
+        admin.close()
+
+
+def snapshot(backend: str, password: str) -> dict[str, Any]:
+    """The installed state, with the password masked: files, cron, grants, schema and rows."""
+    state: dict[str, Any] = {}
+    for top in STATE_TREES:
+        for folder, _dirs, files in os.walk(top):
+            # The spool's own files come and go with cron's runs: only the directory counts.
+            for name in [".", *([] if folder.startswith("/var/spool/f2bsql") else files)]:
+                path = Path(folder, name)
+                info = path.lstat()
+                digest = ""
+                if stat.S_ISREG(info.st_mode) and path.suffix not in (".pyc",):
+                    content = path.read_bytes().replace(password.encode(), b"<password>")
+                    if path == SETTINGS:
+                        # The first install sets iRedMail's two fail2ban keys in place and appends
+                        # four; uninstall removes all six, the next install appends them: same
+                        # lines, another order.
+                        content = b"\n".join(sorted(content.splitlines()))
+                    digest = hashlib.sha256(content).hexdigest()
+                state[str(path)] = (stat.S_IMODE(info.st_mode), _user(info.st_uid), digest)
+    credential = MYSQL_CREDENTIALS if backend == "mysql" else PGPASS
+    info = credential.lstat()
+    masked = credential.read_text().replace(password, "<password>")
+    state[str(credential)] = (stat.S_IMODE(info.st_mode), _user(info.st_uid), masked)
+    state["crontab"] = run("crontab", "-l", "-u", "root").stdout
+    db = fail2ban_db(backend, password)
+    state["schema"] = db.fingerprint()
+    state["rows"] = [row for row in db.banned() if row["hostname"] == "mx.example.test"]
+    if backend == "mysql":
+        admin = pymysql.connect(unix_socket="/run/mysqld/mysqld.sock", user="root")
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT Host FROM mysql.user WHERE User = 'fail2ban' ORDER BY Host")
+            hosts = [row[0] for row in cursor.fetchall()]
+            grants = []
+            for host in hosts:
+                cursor.execute("SHOW GRANTS FOR %s@%s", ("fail2ban", host))
+                grants += [re.sub(r"PASSWORD '[^']*'", "PASSWORD <hash>", row[0]) for row in cursor.fetchall()]
+        admin.close()
+        state["grants"] = grants
+    else:
+        state["grants"] = db.query(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolinherit, rolreplication, rolbypassrls"
+            " FROM pg_roles WHERE rolname = 'fail2ban'"
+        )
+    db.close()
+    return state
+
+
+# --------------------------------------------------------------------------- the test
+
+
+@contextlib.contextmanager
+def iredmail_fixture(backend: str) -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.fail("the install tests provision this machine: run them as root")
+    try:
+        playbook(MOLECULE / "prepare.yml", backend)  # waits while another run holds the fixture
+        yield
+    finally:
+        playbook(MOLECULE / "cleanup.yml", backend, "-e", "f2bsql_database_drop=true")
+        drop_machine_database(backend)
+
+
+@pytest.mark.slow
+def test_install_twice_uninstall_install_keeps_secrets_and_state(backend: str) -> None:
+    timings: dict[str, float] = {}
+
+    def timed(name: str, *extra: str, path: Path = REPO / "playbooks" / "site.yml") -> subprocess.CompletedProcess[str]:
+        began = time.monotonic()
+        done = playbook(path, backend, *extra)
+        timings[name] = time.monotonic() - began
+        return done
+
+    with iredmail_fixture(backend), CommandLines() as watch:
+        password = seed_iredmail_database(backend)
+        first = timed("install")
+        assert changed(first) > 0
+        assert installed_password(backend) == password, "the install did not keep iRedMail's password"
+        db = fail2ban_db(backend, password)
+        kept = [row for row in db.banned() if row["hostname"] == "mx.example.test"]
+        want = [{**row, "remove": row["remove"] or 0} for row in IREDMAIL_ROWS]
+        assert [{key: row[key] for key in want[0]} for row in kept] == want, "iRedMail's rows changed"
+        db.close()
+        check_rights_end_at_its_database(backend, password)
+
+        again = timed("install again")
+        assert changed(again) == 0, f"the second install changed things:\n{again.stdout[-3000:]}"
+        state = snapshot(backend, password)
+
+        timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
+        assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
+        # The user is still there (its database stays) and nobody knows its password any more.
+        third = timed("install after uninstall", "-e", "f2bsql_database_update_password=true")
+        password_now = installed_password(backend)
+        assert snapshot(backend, password_now) == state, "uninstall + install did not give back the same state"
+
+        # A ban through the installed action, watched like the runs.
+        run("fail2ban-client", "set", "dovecot", "banip", "192.0.2.99")
+        db = fail2ban_db(backend, password_now)
+        wait_for(lambda: db.banned(ip="192.0.2.99"), "the ban's row", timeout=30)
+        db.close()
+        holders = check_files_holding(password, password_now)
+        credential = MYSQL_CREDENTIALS if backend == "mysql" else PGPASS
+        assert {str(credential), str(SETTINGS)} <= set(holders), f"the scan missed the known holders: {holders}"
+    outputs = first.stdout + first.stderr + again.stdout + again.stderr + third.stdout + third.stderr
+    for secret in (password, password_now):
+        assert secret not in outputs, "a password is in Ansible's output"
+        assert watch.holding(secret) == [], f"a password was on a command line: {watch.holding(secret)[:2]}"
+    left = check_files_holding(password, password_now)
+    assert left == [], f"the password outlived the uninstall (drop) in {left}"
+    record_figure(
+        f"install cycle ({backend}): install {changed(first)} changes {timings['install']:.0f} s, again 0 changes"
+        f" {timings['install again']:.0f} s, uninstall + install = same state (files, modes, cron, grants, schema,"
+        f" rows); {len(IREDMAIL_ROWS)} iRedMail rows kept; password in {len(holders)} files ({', '.join(holders)}),"
+        f" all 0600 root/postgres but settings.py (0640 www-data), none after uninstall; in 0 of"
+        f" {len(watch.seen)} command lines ({watch.samples} samples) and not in Ansible's output; other"
+        f" databases denied"
+    )
