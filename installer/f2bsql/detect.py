@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shutil
@@ -18,6 +20,11 @@ import socket
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from f2bsql.data import data_dir
+from f2bsql.errors import PreconditionError
 
 #: Where fail2ban keeps its configuration, per OS family; the first that exists wins.
 FAIL2BAN_CONFIG_DIRS = ("etc/fail2ban", "usr/local/etc/fail2ban")
@@ -196,46 +203,39 @@ def os_family(os_id: str, id_like: str = "") -> str:
 
 
 def parse_fail2ban_dump(text: str) -> list[Jail]:
-    """Enabled jails from `fail2ban-client -d`: each stream line is a Python literal list.
+    """Enabled jails from `fail2ban-client -d`, in fail2ban's order.
 
-    Lines that are not (log warnings, blank lines) are skipped. Port and protocol are taken
-    from the first action of the jail that sets them, as the jail overlay does.
+    The parsing is the role's own (roles/f2bsql_fail2ban/library/f2bsql_fail2ban_jails.py),
+    loaded from the bundled roles, so what the installer shows is what the role will do. Port
+    and protocol are those of the jail's first action that names them, banned_db left aside.
     """
-    order: list[str] = []
-    actions: dict[str, list[str]] = {}
-    params: dict[str, dict[str, str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line.startswith("["):
-            continue
-        try:
-            cmd = ast.literal_eval(line)
-        except (ValueError, SyntaxError):
-            continue
-        if not isinstance(cmd, list) or len(cmd) < 2:
-            continue
-        verb, name = cmd[0], cmd[1]
-        if verb == "add" and isinstance(name, str):
-            order.append(name)
-            actions.setdefault(name, [])
-        elif verb == "set" and len(cmd) >= 4 and cmd[2] == "addaction" and name in actions:
-            actions[name].append(str(cmd[3]))
-        elif verb == "multi-set" and len(cmd) >= 5 and cmd[2] == "action" and name in actions:
-            pairs = cmd[4] if isinstance(cmd[4], list) else []
-            found = {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
-            mine = params.setdefault(name, {})
-            for key in ("port", "protocol"):
-                if key in found and key not in mine:
-                    mine[key] = found[key]
-    return [
-        Jail(
-            name=name,
-            actions=tuple(actions[name]),
-            port=params.get(name, {}).get("port"),
-            protocol=params.get(name, {}).get("protocol"),
+    jails: dict[str, list[tuple[str, dict[str, Any]]]] = _jail_probe().parse_dump(text)
+    result = []
+    for name, actions in jails.items():
+        own = [params for action, params in actions if action != "banned_db" and params.get("actname") != "banned_db"]
+        with_port = [params for params in own if params.get("port")]
+        params = (with_port or own or [{}])[0]
+        result.append(
+            Jail(
+                name=str(name),
+                actions=tuple(str(action) for action, _params in actions),
+                port=str(params["port"]) if params.get("port") else None,
+                protocol=str(params["protocol"]) if params.get("protocol") else None,
+            )
         )
-        for name in order
-    ]
+    return result
+
+
+def _jail_probe() -> ModuleType:
+    """The role's jail probe module (it imports ansible-core, which the installer depends on)."""
+    path = data_dir() / "roles" / "f2bsql_fail2ban" / "library" / "f2bsql_fail2ban_jails.py"
+    loader = importlib.machinery.SourceFileLoader("f2bsql_fail2ban_jails", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    if spec is None:
+        raise PreconditionError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def parse_fail2ban_status(text: str) -> list[str]:
