@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testbed import ansible_failures
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -21,8 +22,11 @@ LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "mole
 
 def _run(args: list[str], timeout: int) -> None:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-30000:]}\n{proc.stderr[-5000:]}"
+    env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+    proc = subprocess.run(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{ansible_failures(proc.stdout)}"
 
 
 @pytest.mark.slow

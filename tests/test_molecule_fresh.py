@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import IN_CI, need_service
+from testbed import ansible_failures
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "molecule" / "fresh"
@@ -110,7 +111,7 @@ def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     output = log.read_text(errors="replace")
     print(f"images: {images}; molecule test -s fresh: {elapsed:.0f} s{' (CI)' if IN_CI else ''}")
-    assert proc.returncode == 0, f"molecule test -s fresh failed ({proc.returncode}):\n{output[-20000:]}"
+    assert proc.returncode == 0, f"molecule test -s fresh failed ({proc.returncode}):\n{ansible_failures(output)}"
     # Every platform reached the verify step, and the idempotence step found nothing to change.
     recaps = re.findall(r"^\W*(f2bsql-\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", output, re.M)
     for name in platforms():

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import dataclasses
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -773,3 +774,26 @@ def running_fail2ban(root: Path, helper_config: Path) -> Iterator[Fail2ban]:
         yield server
     finally:
         server.stop()
+
+
+def ansible_failures(output: str, context: int = 25, limit: int = 25000) -> str:
+    """The parts of an Ansible/Molecule log that say what failed, then its tail.
+
+    A failing task's message sits far above the end of a Molecule run (cleanup follows it), so
+    the tail alone does not show it. Each long line is cut to 4000 characters.
+    """
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)  # Molecule colours its output even into a pipe
+    lines = [line[:4000] for line in plain.splitlines()]
+    marks = re.compile(r"fatal:|FAILED!|failed: \[|^\W*ERROR|Executed: Failed|Traceback")
+    keep: set[int] = set()
+    for number, line in enumerate(lines):
+        if marks.search(line):
+            keep.update(range(max(0, number - context), min(len(lines), number + context)))
+    shown, previous = [], -2
+    for number in sorted(keep):
+        if number != previous + 1:
+            shown.append("[…]")
+        shown.append(lines[number])
+        previous = number
+    excerpt = "\n".join(shown)[:limit]
+    return f"{excerpt}\n--- tail ---\n" + "\n".join(lines[-60:])
