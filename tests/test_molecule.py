@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from testbed import ansible_failures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,8 +21,8 @@ BIN = Path(sys.executable).parent
 LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "molecule/resources"]
 
 
-def _run(args: list[str], timeout: int) -> None:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+def _run(args: list[str], timeout: int, **extra_env: str) -> None:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env)
     env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
     proc = subprocess.run(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
@@ -31,9 +32,18 @@ def _run(args: list[str], timeout: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["default", "postgresql"])
-def test_molecule_scenario(scenario: str) -> None:
+def test_molecule_scenario(scenario: str, tmp_path: Path) -> None:
+    # As a finished earlier run leaves it: Molecule's state says the instance is prepared. The
+    # sequence must forget that and prepare again (check_fresh.yml fails without the fixture),
+    # and leave the state so that the next run does too.
+    ephemeral = tmp_path / "ephemeral"
+    ephemeral.mkdir()
+    state = ephemeral / "state.yml"
+    state.write_text(yaml.safe_dump({"converged": True, "created": False, "driver": None, "prepared": True}))
     # prepare.yml/cleanup.yml serialise every user of the fixture (/var/tmp/f2bsql-fixture.lock).
-    _run([str(BIN / "molecule"), "test", "-s", scenario], timeout=1800)
+    _run([str(BIN / "molecule"), "test", "-s", scenario], timeout=1800, MOLECULE_EPHEMERAL_DIRECTORY=str(ephemeral))
+    left = yaml.safe_load(state.read_text())
+    assert left["prepared"] is False and left["converged"] is False, left
 
 
 @pytest.mark.slow
