@@ -55,10 +55,51 @@ def need_service(reason: str) -> NoReturn:
 _skipped: list[str] = []
 
 
+_figures: list[str] = []
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # xfail is reported through `skipped` too, but pytest counts it apart ("xfailed"): so do we.
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)
+    _figures.extend(value for name, value in report.user_properties if name == "f2bsql figure")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # A figure travels in the report of the phase that recorded it: pytest-xdist's workers send
+    # reports, not module globals, to the process that prints the summary.
+    outcome = yield
+    report = outcome.get_result()
+    report.user_properties.extend(("f2bsql figure", FIGURES.pop(0)) for _ in range(len(FIGURES)))
+
+
+# --------------------------------------------------------------------------- two lanes
+# pytest-xdist runs two workers (pyproject's addopts: -n 2 --dist loadgroup). Tests that provision
+# this machine (its /etc/fail2ban, cron, iRedAdmin-Pro's settings.py, the `fail2ban` database)
+# run one after the other in one lane; molecule/fresh runs in containers and the rest on their
+# own databases, fail2ban-servers and directories, so they go beside it. The machine-wide tests
+# also take the fixture's lock (molecule/resources/tasks/lock.yml): a second pytest waits.
+MACHINE_WIDE = {"test_installer.py", "test_security_install.py"}
+LANES = {"machine": 0, "containers": 1}
+
+
+def _lane(item: pytest.Item) -> str | None:
+    name = item.path.name
+    if name in MACHINE_WIDE or (name == "test_molecule.py" and "scenario" in item.name):
+        return "machine"
+    if name == "test_molecule_fresh.py":
+        return "containers"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        lane = _lane(item)
+        if lane is not None:
+            item.add_marker(pytest.mark.xdist_group(lane))
+    # The long lanes first, so that the short tests fill the gaps beside them, not before them.
+    items.sort(key=lambda item: LANES.get(_lane(item) or "", len(LANES)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -67,9 +108,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if FIGURES:
+    if _figures:
         terminalreporter.section("f2bsql figures")
-        for line in FIGURES:
+        for line in _figures:
             terminalreporter.write_line(line)
     if IN_CI and _skipped:
         terminalreporter.section("CI=true: skipped tests fail the run", red=True)
