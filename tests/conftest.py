@@ -80,26 +80,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # run one after the other in one lane; molecule/fresh runs in containers and the rest on their
 # own databases, fail2ban-servers and directories, so they go beside it. The machine-wide tests
 # also take the fixture's lock (molecule/resources/tasks/lock.yml): a second pytest waits.
-MACHINE_WIDE = {"test_installer.py", "test_security_install.py"}
+# The modules mark their tests with xdist_group("machine") or xdist_group("containers").
 LANES = {"machine": 0, "containers": 1}
 
 
 def _lane(item: pytest.Item) -> str | None:
-    name = item.path.name
-    if name in MACHINE_WIDE or (name == "test_molecule.py" and "scenario" in item.name):
-        return "machine"
-    if name == "test_molecule_fresh.py":
-        return "containers"
-    return None
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0]) if mark is not None else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        lane = _lane(item)
-        if lane is not None:
-            item.add_marker(pytest.mark.xdist_group(lane))
     # The long lanes first, so that the short tests fill the gaps beside them, not before them.
     items.sort(key=lambda item: LANES.get(_lane(item) or "", len(LANES)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # In a worker, pytest-xdist has put each test's group into its id ("…@machine"); if it did not,
+    # the lanes would mix and two tests would provision this machine at once.
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        lost = [item.nodeid for item in session.items if _lane(item) and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (see pyproject.toml's pin of pytest)")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

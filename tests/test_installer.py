@@ -30,6 +30,9 @@ from f2bsql import detect, plan  # noqa: E402 - the package lives under installe
 from f2bsql.errors import ExitCode, F2bsqlError, PreconditionError, UsageError  # noqa: E402
 from f2bsql.runner import RunLog, private_vars_file, run_playbook  # noqa: E402
 
+# Provisions this machine: one pytest-xdist lane with the other such tests (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("machine")
+
 
 def read(name: str) -> str:
     return (FIXTURES / name).read_text()

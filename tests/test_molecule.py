@@ -31,6 +31,7 @@ def _run(args: list[str], timeout: int, **extra_env: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("machine")  # provisions this machine: see tests/conftest.py
 @pytest.mark.parametrize("scenario", ["default", "postgresql"])
 def test_molecule_scenario(scenario: str, tmp_path: Path) -> None:
     # As a finished earlier run leaves it: Molecule's state says the instance is prepared. The

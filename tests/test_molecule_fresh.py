@@ -22,6 +22,9 @@ import yaml
 from conftest import IN_CI, need_service
 from testbed import ansible_failures
 
+# Containers only: its own lane, beside the tests that provision this machine (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("containers")
+
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "molecule" / "fresh"
 RELEASES = ("debian12", "debian13")

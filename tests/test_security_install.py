@@ -40,6 +40,9 @@ import pymysql
 import pytest
 from testbed import FIXTURES, REPO, Database, MysqlDatabase, PgsqlDatabase, Server, b64, record_figure, wait_for
 
+# Provisions this machine: one pytest-xdist lane with the other such tests (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("machine")
+
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 MOLECULE = REPO / "molecule" / "resources"
 OWNER = f"f2bsql-security-install-{os.getpid()}"
