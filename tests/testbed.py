@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 import psycopg2
@@ -678,11 +678,12 @@ class Fail2ban:
         self.pid = None
         if pid is None and not self.socket.exists():
             return
-        if pid is not None:
-            LINGERING.append(pid)
+        process = Process.of(pid) if pid is not None else None
+        if process is not None:
+            LINGERING.append(process)
         self.client_rc("stop")
         wait_for(
-            lambda: not self.pidfile.exists() or (pid is not None and not _alive(pid)),
+            lambda: not self.pidfile.exists() or (process is not None and not process.alive()),
             "fail2ban-server to finish",
             timeout=30,
         )
@@ -739,31 +740,54 @@ class Fail2ban:
         return [line for line in text.splitlines() if " ERROR " in line]
 
 
+class Process(NamedTuple):
+    """One process: its pid and the clock tick it started at. The kernel hands a dead process's
+    pid to the next one (pid_max is 32768 on these machines, and Ansible forks thousands), so a
+    pid alone may name fail2ban-server of the machine by the time a test acts on it."""
+
+    pid: int
+    started: int
+
+    @classmethod
+    def of(cls, pid: int) -> Process | None:
+        started = _start_tick(pid)
+        return None if started is None else cls(pid, started)
+
+    def alive(self) -> bool:
+        return _start_tick(self.pid) == self.started
+
+
+def _start_tick(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # proc(5): field 22 is starttime; the command name (field 2) may hold spaces and ")".
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 # fail2ban-server processes told to stop, not yet seen gone.
-LINGERING: list[int] = []
+LINGERING: list[Process] = []
 
 
 def reap_lingering(timeout: float = 15.0) -> None:
-    """Wait for stopped servers to exit; kill the ones that do not (only ours, by pid)."""
+    """Wait for stopped servers to exit; kill the ones that do not (only ours: same pid and start)."""
     deadline = time.monotonic() + timeout
     while LINGERING:
-        pid = LINGERING[0]
-        if not _alive(pid):
+        process = LINGERING[0]
+        if not process.alive():
             LINGERING.pop(0)
         elif time.monotonic() >= deadline:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                handle = os.pidfd_open(process.pid)  # holds that pid to one process from here on
+                try:
+                    if process.alive():
+                        signal.pidfd_send_signal(handle, signal.SIGKILL)
+                finally:
+                    os.close(handle)
             LINGERING.pop(0)
         else:
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
