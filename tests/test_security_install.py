@@ -25,6 +25,7 @@ import os
 import pwd
 import re
 import secrets
+import signal
 import stat
 import subprocess
 import sys
@@ -49,6 +50,8 @@ OWNER = f"f2bsql-security-install-{os.getpid()}"
 MYSQL_CREDENTIALS = Path("/root/.my.cnf-fail2ban")
 PGPASS = Path("/var/lib/postgresql/.pgpass")
 SETTINGS = Path("/opt/www/iredadmin/settings.py")
+FAIL2BAN_PIDFILE = Path("/var/run/fail2ban/fail2ban.pid")
+FAIL2BAN_SOCKET = Path("/var/run/fail2ban/fail2ban.sock")
 # Where an install writes, and where a leaked password would land.
 SCANNED = [
     "/etc",
@@ -317,6 +320,17 @@ def snapshot(backend: str, password: str) -> dict[str, Any]:
     return state
 
 
+def crash_fail2ban() -> None:
+    """Kill the machine's fail2ban-server as the OOM killer would: its socket stays behind, and
+    Debian's init script refuses to start fail2ban beside it."""
+    pid = int(FAIL2BAN_PIDFILE.read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "fail2ban-server to die", timeout=30)
+    assert FAIL2BAN_SOCKET.is_socket()
+    refused = run("service", "fail2ban", "start")
+    assert "is present" in refused.stdout + refused.stderr, refused
+
+
 # --------------------------------------------------------------------------- the test
 
 
@@ -365,6 +379,7 @@ def test_install_twice_uninstall_install_keeps_secrets_and_state(backend: str) -
 
         timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
         assert not Path("/usr/local/bin/fail2ban_banned_db").exists()
+        crash_fail2ban()  # the install's restart must cope with the socket the crash leaves
         # The user is still there (its database stays) and nobody knows its password any more.
         third = timed("install after uninstall", "-e", "f2bsql_database_update_password=true")
         password_now = installed_password(backend)

@@ -1,0 +1,112 @@
+"""The roles' own modules, run the way Ansible runs them (a JSON file of arguments).
+
+f2bsql_fail2ban_socket against a real fail2ban-server: a server that answers keeps its socket; a
+server killed as a crash would kill it leaves one, which the module removes (and only reports
+in check mode); what is not a socket is never removed. The restart through Debian's init script
+that this makes possible is checked on the machine by test_security_install.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed import BASE_ENV, REPO, Fail2ban, Host, wait_for
+
+SOCKET_MODULE = REPO / "roles" / "f2bsql_fail2ban" / "library" / "f2bsql_fail2ban_socket.py"
+
+
+def run_module(module: Path, tmp_path: Path, check_mode: bool = False, **args: Any) -> dict[str, Any]:
+    arguments = tmp_path / "args.json"
+    arguments.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}))
+    done = subprocess.run([sys.executable, str(module), str(arguments)], capture_output=True, text=True, timeout=60)
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert (done.returncode != 0) == bool(result.get("failed")), done
+    return result
+
+
+def test_socket_of_a_running_server_stays_and_of_a_killed_one_goes(
+    start_fail2ban: Callable[..., Fail2ban], host: Host, tmp_path: Path
+) -> None:
+    server = start_fail2ban(host)
+    sock = str(server.socket)
+    answered = run_module(SOCKET_MODULE, tmp_path, path=sock)
+    assert (answered["changed"], answered["socket"], answered["state"]) == (False, sock, "listening")
+    assert server.client_rc("ping") == 0, "the module's connection upset the server"
+
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)  # as the OOM killer would: no cleanup, the socket stays
+    wait_for(lambda: not Path(f"/proc/{server.pid}").exists(), "fail2ban-server to die")
+    server.pidfile.unlink(missing_ok=True)
+    server.pid = None
+    assert server.socket.is_socket()
+    refused = start_as_an_init_script_does(server, host)
+    assert refused.returncode != 0 and "socket" in refused.stderr, refused
+
+    checked = run_module(SOCKET_MODULE, tmp_path, check_mode=True, path=sock)
+    assert (checked["changed"], checked["state"]) == (True, "stale")
+    assert server.socket.is_socket(), "check mode removed the socket"
+    removed = run_module(SOCKET_MODULE, tmp_path, path=sock)
+    assert (removed["changed"], removed["state"]) == (True, "stale")
+    assert not server.socket.exists()
+    again = run_module(SOCKET_MODULE, tmp_path, path=sock)
+    assert (again["changed"], again["state"]) == (False, "absent")
+
+    started = start_as_an_init_script_does(server, host)
+    assert started.returncode == 0, started
+    server.pid = int(wait_for(lambda: server.pidfile.is_file() and server.pidfile.read_text().strip(), "the pidfile"))
+    wait_for(lambda: server.client_rc("ping") == 0, "fail2ban-server to answer ping")
+
+
+def start_as_an_init_script_does(server: Fail2ban, host: Host) -> subprocess.CompletedProcess[str]:
+    """`fail2ban-client start` without -x: it refuses to start beside a socket file."""
+    return subprocess.run(
+        ["fail2ban-client", "-c", str(server.conf), "-s", str(server.socket), "-p", str(server.pidfile), "start"],
+        env={**BASE_ENV, "F2BSQL_CONFIG": str(host.config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_socket_path_comes_from_the_last_file_fail2ban_reads(tmp_path: Path) -> None:
+    conf = tmp_path / "fail2ban"
+    (conf / "fail2ban.d").mkdir(parents=True)
+    paths = {name: tmp_path / f"{name}.sock" for name in ("conf", "d-conf", "local", "d-local")}
+    (conf / "fail2ban.conf").write_text(f"[Definition]\nloglevel = INFO\nsocket = {paths['conf']}\n")
+    assert run_module(SOCKET_MODULE, tmp_path, config_dir=str(conf))["socket"] == str(paths["conf"])
+    (conf / "fail2ban.d" / "10-site.conf").write_text(f"[Definition]\nsocket = {paths['d-conf']}\n")
+    assert run_module(SOCKET_MODULE, tmp_path, config_dir=str(conf))["socket"] == str(paths["d-conf"])
+    (conf / "fail2ban.local").write_text(f"[Definition]\nsocket = {paths['local']}\n")
+    assert run_module(SOCKET_MODULE, tmp_path, config_dir=str(conf))["socket"] == str(paths["local"])
+    (conf / "fail2ban.d" / "20-site.local").write_text(f"[Definition]\nsocket = {paths['d-local']}\n")
+    assert run_module(SOCKET_MODULE, tmp_path, config_dir=str(conf))["socket"] == str(paths["d-local"])
+
+    # A socket that nobody listens on any more, at that path: removed.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(paths["d-local"]))
+    stale.close()
+    result = run_module(SOCKET_MODULE, tmp_path, config_dir=str(conf))
+    assert (result["changed"], result["state"]) == (True, "stale")
+    assert not paths["d-local"].exists()
+
+
+def test_default_socket_is_fail2bans_own(tmp_path: Path) -> None:
+    result = run_module(SOCKET_MODULE, tmp_path, check_mode=True, config_dir=str(tmp_path / "none"))
+    assert result["socket"] == "/var/run/fail2ban/fail2ban.sock"
+
+
+def test_a_file_that_is_not_a_socket_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "fail2ban.sock"
+    path.write_text("someone's data\n")
+    result = run_module(SOCKET_MODULE, tmp_path, path=str(path))
+    assert result["failed"] is True
+    assert result["msg"] == f"{path} is fail2ban's socket path but not a socket: move it away, then run again"
+    assert path.read_text() == "someone's data\n"
