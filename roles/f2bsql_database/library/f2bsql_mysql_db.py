@@ -94,9 +94,7 @@ def fingerprint(cur, db):
         (db,),
     )
     for table, index, non_unique, columns in cur.fetchall():
-        lines.append(
-            "index %s.%s %s(%s)" % (table, index, "" if int(non_unique) else "unique ", columns)
-        )
+        lines.append("index %s.%s %s(%s)" % (table, index, "" if int(non_unique) else "unique ", columns))
     return [line.rstrip() for line in lines]
 
 
@@ -133,8 +131,7 @@ def apply_schema(module, db, schema):
             )
             charset, collation = cur.fetchone()
             cur.execute(
-                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s"
-                % (mysql_quote_ident(scratch), charset, collation)
+                "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (mysql_quote_ident(scratch), charset, collation)
             )
             cur.execute(
                 "SELECT TABLE_NAME FROM information_schema.TABLES"
@@ -155,9 +152,7 @@ def apply_schema(module, db, schema):
         try:
             run_script(scratch_conn, schema)
             with scratch_conn.cursor() as cur:
-                after = [
-                    line for line in fingerprint(cur, scratch) if not line.startswith("database ")
-                ]
+                after = [line for line in fingerprint(cur, scratch) if not line.startswith("database ")]
         finally:
             scratch_conn.close()
         after = [line for line in before if line.startswith("database ")] + after
@@ -211,17 +206,13 @@ def main():
         if not module.check_mode:
             with conn.cursor() as cur:
                 cur.execute(
-                    "CREATE DATABASE %s CHARACTER SET %s COLLATE %s"
-                    % (mysql_quote_ident(db), want[0], want[1])
+                    "CREATE DATABASE %s CHARACTER SET %s COLLATE %s" % (mysql_quote_ident(db), want[0], want[1])
                 )
     elif tuple(row) != want:
         result["changed"] = True
         if not module.check_mode:
             with conn.cursor() as cur:
-                cur.execute(
-                    "ALTER DATABASE %s CHARACTER SET %s COLLATE %s"
-                    % (mysql_quote_ident(db), want[0], want[1])
-                )
+                cur.execute("ALTER DATABASE %s CHARACTER SET %s COLLATE %s" % (mysql_quote_ident(db), want[0], want[1]))
     conn.close()
 
     before = current

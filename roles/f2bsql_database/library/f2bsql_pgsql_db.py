@@ -75,10 +75,7 @@ def fingerprint(cur):
     )
     for row in cur.fetchall():
         lines.append("column %s.%02d %s %s(%s) null=%s default=%s" % row)
-    cur.execute(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-        " ORDER BY indexname"
-    )
+    cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname")
     for row in cur.fetchall():
         lines.append("index %s %s" % row)
     return lines
@@ -99,14 +96,13 @@ def main():
     db = check_identifier(module, p["name"], "database name")
     owner = check_identifier(module, p["owner"], "owner")
     conn = pgsql_connect(module)
-    from psycopg2 import sql  # noqa: PLC0415 - pgsql_connect reports a missing driver first
+    from psycopg2 import sql
 
     cur = conn.cursor()
     cur.execute("SHOW hba_file")
     hba_file = cur.fetchone()[0]
     cur.execute(
-        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database"
-        " WHERE datname = %s",
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s",
         (db,),
     )
     row = cur.fetchone()
@@ -150,7 +146,7 @@ def main():
             cur.execute(p["schema"])
             cur.execute("RESET ROLE")
             after = fingerprint(cur)
-        except Exception as exc:  # noqa: BLE001 - any driver error ends the run with its text
+        except Exception as exc:
             conn.rollback()
             module.fail_json(msg="schema script failed: %s" % (str(exc).strip(),))
         if module.check_mode:
@@ -165,7 +161,7 @@ def main():
             before_header="%s (catalog)" % db,
             after_header="%s (catalog)" % db,
             before="\n".join(([before_head] if row else []) + before) + ("\n" if row else ""),
-            after="\n".join([after_head] + after) + "\n",
+            after="\n".join([after_head, *after]) + "\n",
         )
     result["fingerprint"] = after
     module.exit_json(**result)

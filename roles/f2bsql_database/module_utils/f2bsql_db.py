@@ -68,8 +68,8 @@ def mysql_quote_ident(name):
 def mysql_connect(module, database=None, multi_statements=False):
     """Connect as the admin: /root/.my.cnf when present, else the socket, else TCP."""
     try:
-        import pymysql  # noqa: PLC0415 - only hosts of this backend need the driver
-        from pymysql.constants import CLIENT  # noqa: PLC0415
+        import pymysql
+        from pymysql.constants import CLIENT
     except ImportError:
         driver_missing(module, "PyMySQL", "python3-pymysql / py3-pymysql")
     p = module.params
@@ -117,7 +117,7 @@ def mysql_password_matches(plugin, stored, password):
 def pgsql_connect(module, database=None, autocommit=True):
     """Connect as the admin; by default over the local socket as the OS user we run as."""
     try:
-        import psycopg2  # noqa: PLC0415 - only hosts of this backend need the driver
+        import psycopg2
     except ImportError:
         driver_missing(module, "psycopg2", "python3-psycopg2 / py3-psycopg2")
     p = module.params
@@ -160,9 +160,7 @@ def pgsql_password_matches(stored, user, password):
         return None
     match = re.match(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$", stored)
     if match:
-        expected = scram_sha256_verifier(
-            password, base64.b64decode(match.group(2)), int(match.group(1))
-        )
+        expected = scram_sha256_verifier(password, base64.b64decode(match.group(2)), int(match.group(1)))
         return hmac.compare_digest(expected, stored)
     if stored.startswith("md5"):
         digest = hashlib.md5((password + user).encode("utf-8")).hexdigest()  # noqa: S324

@@ -26,7 +26,10 @@ options:
     default: []
   config_dir: {description: fail2ban configuration directory., type: path, default: /etc/fail2ban}
   client: {description: fail2ban-client command., type: str, default: fail2ban-client}
-  exclude_action: {description: "Action to look past (ours; also its Python form, name.py).", type: str, default: banned_db}
+  exclude_action:
+    description: "Action to look past (ours; also its Python form, name.py)."
+    type: str
+    default: banned_db
   default_port: {description: Port when no action names one (allports actions)., type: str, default: "0:65535"}
   default_protocol: {description: Protocol when no action names one., type: str, default: tcp}
 attributes:
@@ -133,8 +136,7 @@ def main():
         )
     result = []
     for name in sorted(set(wanted)):
-        actions = [a for a in dump[name] if a[0] != p["exclude_action"]
-                   and a[1].get("actname") != p["exclude_action"]]
+        actions = [a for a in dump[name] if a[0] != p["exclude_action"] and a[1].get("actname") != p["exclude_action"]]
         with_port = [a for a in actions if a[1].get("port")]
         action, params = (with_port or actions or [("", {})])[0]
         port = str(params.get("port") or p["default_port"]).replace(" ", "")
