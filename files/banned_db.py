@@ -14,6 +14,9 @@ Use it in a jail instead of the command action (the jail's name is taken from th
 Options: port, protocol (as the command action); helper (path of the helper); config
 (settings file, as the helper's --config); hostname (as the helper's --hostname);
 retry (seconds to spool directly after the database failed before trying it again, 30).
+
+A new helper file is only read by a new fail2ban-server: the role restarts fail2ban when the
+helper or this file changes (a `reload` keeps the loaded code).
 """
 
 from __future__ import annotations
@@ -55,10 +58,23 @@ def load_helper(path: str) -> ModuleType:
 
 
 class BannedDbAction(ActionBase):  # type: ignore[misc]
-    def __init__(
+    """The jail's banned_db: start, ban, unban, flush and stop write rows; reload keeps them.
+
+    fail2ban's `reload` (also what `systemctl reload fail2ban` runs) keeps an action that has
+    `reload()` and `clearAllParams()`: without them it would build a second instance, count it
+    obsolete, unban every address through it (deleting this host's rows while the bans stay)
+    and drop the action, so that the jail recorded nothing afterwards.
+    """
+
+    def __init__(self, jail: Any, name: str, **options: str) -> None:
+        super().__init__(jail, name)
+        # The jail's thread and the command thread (banip/unbanip) may both call in.
+        self._lock = threading.Lock()
+        self._runner: Any = None
+        self._configure(**options)
+
+    def _configure(
         self,
-        jail: Any,
-        name: str,
         port: str = "0:65535",
         protocol: str = "tcp",
         helper: str = DEFAULT_HELPER,
@@ -66,31 +82,47 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         hostname: str | None = None,
         retry: str = "30",
     ) -> None:
-        super().__init__(jail, name)
-        self._helper = load_helper(helper)
-        self._jail_name = self._helper.check_jail(jail.name)
-        self._port = self._helper.check_ports(port)
-        self._protocol = self._helper.check_protocol(protocol)
-        settings = self._helper.load_settings(config, hostname)
-        self._runner = self._helper.Runner(settings, retry_after_failure=float(retry))
-        # The jail's thread and the command thread (banip/unbanip) may both call in.
-        self._lock = threading.Lock()
+        module = load_helper(helper)
+        jail_name = module.check_jail(self._jail.name)
+        ports = module.check_ports(port)
+        protocols = module.check_protocol(protocol)
+        settings = module.load_settings(config, hostname)
+        runner = module.Runner(settings, retry_after_failure=float(retry), in_process=True)
+        with self._lock:
+            old, self._runner = self._runner, runner
+            self._helper, self._jail_name, self._port, self._protocol = module, jail_name, ports, protocols
+        if old is not None:
+            old.close()
 
-    def _record(self, event: dict[str, Any]) -> None:
+    def clearAllParams(self) -> None:
+        """fail2ban's reload begins: nothing to clear, every option comes back through reload()."""
+
+    def reload(self, **options: str) -> None:
+        """fail2ban's reload ends: the jail's options as they are now (the settings file is read again)."""
+        self._configure(**options)
+
+    def _event(self, op: str, **fields: Any) -> dict[str, Any]:
+        return {"op": op, "jail": self._jail_name, "hostname": self._runner.settings.hostname, **fields}
+
+    def _record(self, make: Any) -> None:
         with self._lock:
             try:
-                self._runner.record(event)
+                self._runner.record(make())
             except self._helper.HelperError as exc:
                 # Not even spooled: say so loudly; fail2ban's own ban stands regardless.
                 self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
 
     def start(self) -> None:
-        hostname = self._runner.settings.hostname
-        self._record({"op": "start", "jail": self._jail_name, "hostname": hostname})
+        self._record(lambda: self._event("start", ports=self._port, protocol=self._protocol))
+
+    def flush(self) -> bool:
+        """Every ban of the jail is lifted at once (the jail stops, `unban --all`): one statement
+        instead of one unban per address. True tells fail2ban not to unban them one by one."""
+        self._record(lambda: self._event("flush"))
+        return True
 
     def stop(self) -> None:
-        hostname = self._runner.settings.hostname
-        self._record({"op": "stop", "jail": self._jail_name, "hostname": hostname})
+        self._record(lambda: self._event("stop"))
         with self._lock:
             self._runner.close()
 
@@ -110,7 +142,7 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         except helper.UsageError as exc:
             self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
             return
-        self._record(event)
+        self._record(lambda: event)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)
@@ -121,8 +153,7 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         except self._helper.UsageError as exc:
             self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
             return
-        hostname = self._runner.settings.hostname
-        self._record({"op": "unban", "ips": [ip], "jail": self._jail_name, "hostname": hostname})
+        self._record(lambda: self._event("unban", ips=[ip]))
 
 
 Action = BannedDbAction

@@ -178,6 +178,8 @@ def run_with_resolver(host: Host, nameserver: str, *args: str, timeout: float = 
     return done.returncode, time.monotonic() - started, done.stderr
 
 
+# The loopback DNS servers bind port 53 of fixed addresses: one pytest-xdist worker at a time.
+@pytest.mark.xdist_group("dns")
 def test_rdns_is_filled_by_the_cron_run(db: Database, host: Host, dns: dict[str, LoopbackDns]) -> None:
     host.write_config(geoip="off", rdns="yes", rdns_budget="5")
     for ip in (PUBLIC_V4, PUBLIC_V6, PRIVATE, "1.0.0.1"):
@@ -202,6 +204,7 @@ def test_rdns_is_filled_by_the_cron_run(db: Database, host: Host, dns: dict[str,
     assert dns["answers"].queries == queries
 
 
+@pytest.mark.xdist_group("dns")
 def test_unanswered_rdns_never_holds_a_ban_and_costs_the_budget_once(
     db: Database, host: Host, dns: dict[str, LoopbackDns]
 ) -> None:

@@ -60,6 +60,18 @@ def test_ports_written_with_blanks_are_stored_without(db: Database, host: Host) 
     assert (row["ports"], row["protocol"]) == ("80,443,25", "tcp")
 
 
+def test_what_fail2ban_accepts_is_stored(db: Database, host: Host) -> None:
+    # iRedMail's `ports` holds 255 characters; multiport and nftables actions take protocol lists.
+    ports = ",".join(str(port) for port in range(1000, 1051)) + "0"
+    assert len(ports) == 255
+    host.ok("ban", "198.51.100.14", ports, "tcp, UDP", "dovecot", "1")
+    host.ok("start", "--ports", ports, "--protocol", "tcp,udp", "dovecot")
+    [row] = db.banned()
+    assert (row["ports"], row["protocol"]) == (ports, "tcp,udp")
+    [jail] = db.jails()
+    assert (jail["ports"], jail["protocol"]) == (ports, "tcp,udp")
+
+
 def test_ban_time_is_stored_as_naive_utc(db: Database, host: Host) -> None:
     # fail2ban's <time> (epoch seconds); the helper runs with TZ=Asia/Tokyo (UTC+9).
     host.ok("ban", "--time", "1700000000.25", "198.51.100.11", DOVECOT_PORTS, "tcp", "dovecot", "1")
@@ -112,11 +124,12 @@ REFUSED: list[tuple[str, list[str]]] = [
     ("shell in the ports", ["ban", GOOD[0], "80;id", "tcp", "dovecot", "1"]),
     ("space in the ports", ["ban", GOOD[0], "80 443", "tcp", "dovecot", "1"]),
     ("quote in the ports", ["ban", GOOD[0], "80'", "tcp", "dovecot", "1"]),
-    ("ports too long", ["ban", GOOD[0], "1" * 101, "tcp", "dovecot", "1"]),
+    ("ports too long", ["ban", GOOD[0], "1" * 256, "tcp", "dovecot", "1"]),
     ("empty ports", ["ban", GOOD[0], "", "tcp", "dovecot", "1"]),
     ("shell in the protocol", ["ban", *GOOD[:2], "tcp;id", "dovecot", "1"]),
     ("two protocols", ["ban", *GOOD[:2], "tcp udp", "dovecot", "1"]),
-    ("protocol too long", ["ban", *GOOD[:2], "t" * 11, "dovecot", "1"]),
+    ("protocol too long", ["ban", *GOOD[:2], "t" * 33, "dovecot", "1"]),
+    ("protocol list ends in a comma", ["ban", *GOOD[:2], "tcp,", "dovecot", "1"]),
     ("empty protocol", ["ban", *GOOD[:2], "", "dovecot", "1"]),
     ("failures not a number", ["ban", *GOOD[:4], "abc"]),
     ("failures a fraction", ["ban", *GOOD[:4], "1.5"]),

@@ -6,22 +6,16 @@ temporary directory: the real /root and PostgreSQL home are shared with the rest
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from testbed import HELPER, write_private
+from testbed import load_helper_module, write_private
 
 
 @pytest.fixture
 def helper_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("f2bsql_helper_settings", str(HELPER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    module = load_helper_module("f2bsql_helper_settings")
     (tmp_path / "root").mkdir()
     (tmp_path / "pghome").mkdir()
     monkeypatch.setattr(

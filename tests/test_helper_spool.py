@@ -7,10 +7,11 @@ machine's MariaDB is shared and stays up); every helper run reads its config afr
 from __future__ import annotations
 
 import stat
+import time
 from typing import TYPE_CHECKING
 
 import pytest
-from testbed import DOVECOT_PORTS, POSTFIX_PORTS, closed_port, wait_for
+from testbed import DOVECOT_PORTS, POSTFIX_PORTS, closed_port, load_helper_module, record_figure, wait_for
 
 if TYPE_CHECKING:
     from testbed import Database, Fail2ban, Host
@@ -157,3 +158,60 @@ def test_fail2ban_keeps_banning_while_the_database_is_away(db: Database, host: H
     host.ok("unban_db")
     assert db.count() == 0
     assert fail2ban.banned() == set()
+
+
+# --------------------------------------------------------------------------- the spool never jams
+
+
+def test_an_event_the_database_refuses_for_good_does_not_block_the_rest(db: Database, host: Host) -> None:
+    host.write_config(port=closed_port())
+    host.ban("192.0.2.1", jail="refused")
+    for ip in IPS:
+        host.ban(ip)
+    assert len(host.spooled()) == 21
+    # The server refuses that first row for good (a constraint; a missing column or privilege
+    # would be the same), the 20 behind it are fine.
+    db.execute("ALTER TABLE banned ADD CONSTRAINT f2bt_refuse CHECK (jail <> 'refused')")
+    host.write_config()
+    result = host.run("ban", "192.0.2.50", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    assert result.returncode == 0, str(result)
+    assert sorted(row["ip"] for row in db.banned()) == sorted([*IPS, "192.0.2.50"])
+    assert host.spooled() == []
+    [aside] = host.rejected()
+    assert '"refused"' in aside.read_text(encoding="utf-8")
+    [line] = [line for line in result.stderr.splitlines() if "set aside" in line]
+    assert aside.name in line and "refused ban" in line, line
+    # The event at hand is kept aside the same way when the database refuses it for good.
+    again = host.run("ban", "192.0.2.51", DOVECOT_PORTS, "tcp", "refused", "1")
+    assert again.returncode == 1 and "set aside" in again.stderr, str(again)
+    assert len(host.rejected()) == 2 and host.spooled() == []
+
+
+def test_a_backlog_of_2000_events_does_not_hold_the_ban_at_hand(db: Database, host: Host) -> None:
+    helper = load_helper_module("f2bsql_helper_backlog")
+    settings = helper.load_settings(str(host.config), None)
+    spool = helper.Spool(str(host.spool))
+    backlog = [f"10.{n // 65536}.{n // 256 % 256}.{n % 256}" for n in range(2000)]
+    for ip in backlog:
+        spool.put(helper.ban_event(settings, ip, DOVECOT_PORTS, "tcp", "dovecot", 1, "", None))
+    budget = 1
+    host.write_config(replay_budget=str(budget))
+    began = time.monotonic()
+    result = host.run("ban", "192.0.2.60", DOVECOT_PORTS, "tcp", "dovecot", "1")
+    took = time.monotonic() - began
+    assert result.returncode == 0, str(result)
+    # Within its budget (plus one connect), far inside fail2ban's 60 s action timeout...
+    assert took < budget + 2 * host.timeout + 2, f"the ban took {took:.1f} s behind a backlog"
+    # ... the replay stopped short, and the ban waits behind the backlog, in order: nothing lost.
+    left = host.spooled()
+    assert 0 < len(left) < 2001 and db.count() + len(left) == 2001
+    assert "192.0.2.60" in left[-1].read_text(encoding="utf-8")
+    began = time.monotonic()
+    host.ok("replay")  # cron's run, or an admin: as long as it takes
+    replay = time.monotonic() - began
+    assert host.spooled() == [] and db.count() == 2001
+    assert db.banned(ip="192.0.2.60")
+    record_figure(
+        f"spool backlog ({db.backend}): 2000 events, replay budget {budget} s: the ban at hand took {took:.1f} s"
+        f" ({2001 - len(left)} replayed, {len(left)} left, the ban behind them); the rest replayed in {replay:.1f} s"
+    )

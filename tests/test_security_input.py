@@ -59,8 +59,10 @@ TIME_MIN, TIME_MAX = 86400, 2**31 - 1 - 86400
 
 # docs/helper.md, "Commands": the character sets and lengths of each field.
 JAIL_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,50}")
-PORTS_RE = re.compile(r"[A-Za-z0-9_,:.-]{1,100}")
-PROTOCOL_RE = re.compile(r"[a-z0-9]{1,10}")
+PORTS_RE = re.compile(r"[A-Za-z0-9_,:.-]{1,255}")
+# One protocol or a comma-separated list of them, 32 characters in all.
+PROTOCOL_RE = re.compile(r"[a-z0-9]+(,[a-z0-9]+)*")
+PROTOCOL_MAX = 32
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 FAILURES_RE = re.compile(r"[0-9]{1,9}")
 # The words a refusal uses to name the field it refuses.
@@ -191,8 +193,12 @@ def norm_ports(value: str) -> str | None:
 
 
 def norm_protocol(value: str) -> str | None:
-    # Upper case is accepted and stored lowered (iRedMail's jails write TCP as often as tcp).
-    return value.lower() if value.isascii() and PROTOCOL_RE.fullmatch(value.lower()) else None
+    # Upper case is accepted and stored lowered (iRedMail's jails write TCP as often as tcp);
+    # blanks around the commas of a list are dropped, as for ports.
+    protocol = re.sub(r"\s*,\s*", ",", value.strip())
+    if not protocol.isascii() or len(protocol) > PROTOCOL_MAX:
+        return None
+    return protocol.lower() if PROTOCOL_RE.fullmatch(protocol.lower()) else None
 
 
 def norm_failures(value: str) -> int | None:
@@ -543,8 +549,8 @@ def _pool_or_charset(pool: list[str], charset: str, longest: int) -> st.SearchSt
 
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 PORTS_POOL = [DOVECOT_PORTS, POSTFIX_PORTS, "22", "0:65535", "http, https", " 80 ,\t443"]
-PORTS = _pool_or_charset(PORTS_POOL, ALNUM + "_,:.- ", 100)
-PROTOCOL = _pool_or_charset(["tcp", "udp", "TCP", "all", "icmp"], ALNUM[26:], 10)
+PORTS = _pool_or_charset(PORTS_POOL, ALNUM + "_,:.- ", 255)
+PROTOCOL = _pool_or_charset(["tcp", "udp", "TCP", "all", "icmp", "tcp,udp", "tcp, udp"], ALNUM[26:] + ", ", 32)
 JAIL = _pool_or_charset(["dovecot", "postfix", "Dovecot", "sogo", "sshd"], ALNUM + "_.@:+-", 50)
 FAILURES = st.one_of(st.integers(0, 40000).map(str), st.sampled_from(["", "999999999", "0007"]))
 TIME_GOOD = st.one_of(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import importlib.machinery
+import importlib.util
 import os
 import re
 import secrets
@@ -21,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import jinja2
@@ -451,6 +454,16 @@ def new_database(server: Server) -> Database:
 # --------------------------------------------------------------------------- the helper
 
 
+def load_helper_module(name: str) -> ModuleType:
+    """files/fail2ban_banned_db as the module it also is (it does nothing at import time)."""
+    loader = importlib.machinery.SourceFileLoader(name, str(HELPER))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 @dataclasses.dataclass
 class Run:
     """What one helper run did."""
@@ -580,14 +593,14 @@ bantime = 3600
 usedns = no
 
 [dovecot]
-enabled = true
+enabled = {enabled}
 filter = f2bsql-test
 logpath = {logfile}
 action = {dovecot_firewall}
          {dovecot_record}
 
 [postfix]
-enabled = true
+enabled = {enabled}
 filter = f2bsql-test
 logpath = {postfix_logfile}
 action = {postfix_firewall}
@@ -615,6 +628,9 @@ class Fail2ban:
         self.postfix_logfile = root / "postfix.log"
         self.helper_config = helper_config
         self.pid: int | None = None
+        # False: the jails are configured but disabled, so the server runs none of them, as while
+        # its configuration is still on its way after the socket answers.
+        self.enabled = True
 
     def write_config(self) -> None:
         (self.conf / "action.d").mkdir(parents=True, exist_ok=True)
@@ -636,6 +652,7 @@ class Fail2ban:
         (self.conf / "filter.d" / "f2bsql-test.conf").write_text(FILTER, encoding="utf-8")
         (self.conf / "jail.conf").write_text(
             JAIL_CONF.format(
+                enabled=str(self.enabled).lower(),
                 logfile=self.logfile,
                 postfix_logfile=self.postfix_logfile,
                 dovecot_firewall=self._firewall("dovecot"),
@@ -658,9 +675,43 @@ class Fail2ban:
         command = ["fail2ban-server", "-c", str(self.conf), "-s", str(self.socket), "-p", str(self.pidfile)]
         done = subprocess.run([*command, "-x", "-b"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, f"fail2ban-server did not start: {done.stderr}\n{self.log_tail()}"
+        self._up()
+
+    def _up(self) -> None:
         wait_for(lambda: self.client_rc("ping") == 0, "fail2ban-server to answer ping")
         self.pid = int(wait_for(self._read_pid, "fail2ban-server's pidfile"))
-        wait_for(lambda: all(self.client_rc("status", jail) == 0 for jail in self.JAILS), "the jails to start")
+        if self.enabled:
+            wait_for(lambda: all(self.client_rc("status", jail) == 0 for jail in self.JAILS), "the jails to start")
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer does it: no action's stop runs, socket and database stay."""
+        process = Process.of(self.pid) if self.pid is not None else None
+        assert process is not None, "no fail2ban-server of this test runs"
+        handle = os.pidfd_open(process.pid)
+        try:
+            if process.alive():
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+        finally:
+            os.close(handle)
+        wait_for(lambda: not process.alive(), "fail2ban-server to die")
+        self.pid = None
+        self.pidfile.unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        """`fail2ban-client restart`, as an admin types it: the client stops the server and starts a new
+        one (which inherits the client's environment, hence the helper's settings file in it)."""
+        old = Process.of(self.pid) if self.pid is not None else None
+        if old is not None:
+            LINGERING.append(old)
+        env = {**BASE_ENV, "F2BSQL_CONFIG": str(self.helper_config)}
+        done = subprocess.run(
+            ["fail2ban-client", "-c", str(self.conf), "-s", str(self.socket), "-p", str(self.pidfile), "restart"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"fail2ban-client restart: {done.stdout}{done.stderr}\n{self.log_tail()}"
+        self.pid = None
+        wait_for(lambda: self._read_pid() not in (None, old and old.pid), "the new fail2ban-server's pidfile")
+        self._up()
 
     def _read_pid(self) -> int | None:
         try:

@@ -16,9 +16,10 @@ CREATE TABLE IF NOT EXISTS banned (
     id SERIAL PRIMARY KEY,
     -- Banned address: IPv4, IPv6 or a network in CIDR form.
     ip VARCHAR(46) NOT NULL DEFAULT '',
-    -- Ports as the jail's action names them, comma separated.
-    ports VARCHAR(100) NOT NULL DEFAULT '',
-    protocol VARCHAR(10) NOT NULL DEFAULT 'tcp',
+    -- Ports as the jail's action names them, comma separated (as wide as iRedMail 1.7's).
+    ports VARCHAR(255) NOT NULL DEFAULT '',
+    -- A protocol or a list of them ("tcp,udp").
+    protocol VARCHAR(32) NOT NULL DEFAULT 'tcp',
     jail VARCHAR(50) NOT NULL DEFAULT '',
     -- The host whose fail2ban holds the ban; each host only touches its own rows.
     hostname VARCHAR(255) NOT NULL DEFAULT '',
@@ -41,7 +42,10 @@ CREATE TABLE IF NOT EXISTS jails (
     id SERIAL PRIMARY KEY,
     name VARCHAR(255) NOT NULL DEFAULT '',
     hostname VARCHAR(255) NOT NULL DEFAULT '',
-    enabled INT2 NOT NULL DEFAULT 1
+    enabled INT2 NOT NULL DEFAULT 1,
+    -- The ports and protocol the jail's banned_db action records its bans with (`sync` needs them).
+    ports VARCHAR(255) NOT NULL DEFAULT '',
+    protocol VARCHAR(32) NOT NULL DEFAULT ''
 );
 
 -- Upgrades.
@@ -53,6 +57,23 @@ BEGIN
          WHERE table_schema = current_schema() AND table_name = 'banned'
            AND column_name = 'country') < 255 THEN
         ALTER TABLE banned ALTER COLUMN country TYPE VARCHAR(255);
+    END IF;
+END
+$f2bsql$;
+
+-- iRedMail <= 1.6 (and earlier f2bsql) kept 100 characters of ports, and every iRedMail 10 of the
+-- protocol: a jail's port list may be as long as iRedMail 1.7's 255, its protocol a list.
+DO $f2bsql$
+BEGIN
+    IF (SELECT character_maximum_length FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'banned'
+           AND column_name = 'ports') < 255 THEN
+        ALTER TABLE banned ALTER COLUMN ports TYPE VARCHAR(255);
+    END IF;
+    IF (SELECT character_maximum_length FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'banned'
+           AND column_name = 'protocol') < 32 THEN
+        ALTER TABLE banned ALTER COLUMN protocol TYPE VARCHAR(32);
     END IF;
 END
 $f2bsql$;
@@ -93,6 +114,10 @@ END
 $f2bsql$;
 
 ALTER TABLE jails ADD COLUMN IF NOT EXISTS hostname VARCHAR(255) NOT NULL DEFAULT '';
+-- The ports and protocol of each jail's banned_db action, recorded at its start: `sync` inserts
+-- a row for a ban fail2ban holds without one, with the jail's own ports and protocol.
+ALTER TABLE jails ADD COLUMN IF NOT EXISTS ports VARCHAR(255) NOT NULL DEFAULT '';
+ALTER TABLE jails ADD COLUMN IF NOT EXISTS protocol VARCHAR(32) NOT NULL DEFAULT '';
 -- Reverse DNS moved off the ban path: the cron run fills rdns and marks the row.
 ALTER TABLE banned ADD COLUMN IF NOT EXISTS rdns_checked INT2 NOT NULL DEFAULT 0;
 
