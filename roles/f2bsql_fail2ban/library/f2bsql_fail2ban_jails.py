@@ -7,15 +7,19 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: f2bsql_fail2ban_jails
-short_description: Read the enabled jails of fail2ban and the port/protocol of their action
+short_description: Read fail2ban's enabled jails, their own actions and the port/protocol of those
 description:
-  - Runs C(fail2ban-client -d), which prints fail2ban's merged configuration as one Python
-    literal per line (no server needed), and returns each enabled jail with the port and
-    protocol of its first action that is not I(exclude_action).
-  - Reading the configuration changes nothing, so the module never reports a change.
-    Ignoring I(exclude_action) keeps the answer the same once that action has been added,
-    as the command action C(banned_db) or as the Python action C(banned_db.py) (fail2ban
-    names both C(banned_db)).
+  - Reads fail2ban's configuration as the jails have it without the f2bsql overlay
+    (I(overlay) in C(jail.d) is left out), with fail2ban's own reader run by the python of
+    C(fail2ban-client); no server is needed and nothing changes, so the module never reports a
+    change. The answer is the same before and after the overlay is in place.
+  - For each enabled jail it returns the port and protocol of its first action that is not
+    I(exclude_action) (the command action C(banned_db) or the Python action C(banned_db.py):
+    fail2ban names both C(banned_db)), and whether the jail's own configuration already names
+    such an action, as iRedMail (since 1.2) and the how-to put one in every jail file. Such a
+    jail gets its own actions back without it (C(restated)), so that it ends with exactly one.
+  - Ports and protocol are checked with the helper's own rules (module_utils
+    f2bsql_helper_rules is files/fail2ban_banned_db itself).
   - Fails when a jail named in I(jails) is not an enabled jail.
 version_added: "0.1.0"
 options:
@@ -25,7 +29,8 @@ options:
     elements: str
     default: []
   config_dir: {description: fail2ban configuration directory., type: path, default: /etc/fail2ban}
-  client: {description: fail2ban-client command., type: str, default: fail2ban-client}
+  overlay: {description: "File name in jail.d to leave out (the f2bsql overlay).", type: str, default: zz-f2bsql.local}
+  client: {description: fail2ban-client command (its python reads the configuration)., type: str, default: fail2ban-client}
   exclude_action:
     description: "Action to look past (ours; also its Python form, name.py)."
     type: str
@@ -51,7 +56,13 @@ jails:
   returned: success
   type: list
   elements: dict
-  sample: [{name: dovecot, port: "80,443,25", protocol: tcp, action: iptables-multiport}]
+  sample:
+    - name: dovecot
+      port: "80,443,25"
+      protocol: tcp
+      action: iptables-multiport
+      own_banned_db: ['banned_db[name=dovecot, port="80,443,25", protocol=tcp]']
+      restated: ['iptables-multiport[name=dovecot, port="80,443,25", protocol=tcp]']
 enabled:
   description: Names of every enabled jail.
   returned: success
@@ -61,13 +72,34 @@ enabled:
 
 import ast
 import json
-import re
-
-# What the helper accepts (docs/helper.md); anything else would be refused at every ban.
-PORT_RE = re.compile(r"^[A-Za-z0-9_,:.-]{1,100}$")
-PROTOCOL_RE = re.compile(r"^[a-z0-9]{1,10}$")
+import os
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+# Run by the python of fail2ban-client: fail2ban's own reader gives each jail's action list as
+# written (after %(...)s interpolation, before action tags), which `fail2ban-client -d` does not
+# print; the stream it prints is printed too, line by line as `-d` does.
+READER = r"""
+import json, sys
+from fail2ban.client.jailsreader import JailsReader
+from fail2ban.helpers import splitWithOptions
+reader = JailsReader(force_enable=False)
+reader.setBaseDir(sys.argv[1])
+if not reader.read():
+    sys.exit("fail2ban found no jail configuration in " + sys.argv[1])
+reader.getOptions()
+for command in reader.convert(allow_no_files=True):
+    print(repr(command))
+actions = {}
+for jail in reader.jails:
+    options = jail.options or {}
+    if options.get("enabled") and not options.get("config-error"):
+        actions[jail.getName()] = [a.strip() for a in splitWithOptions(options.get("action") or "") if a.strip()]
+print("#f2bsql-actions " + json.dumps(actions))
+"""
+ACTIONS_MARK = "#f2bsql-actions "
 
 
 def parse_dump(text):
@@ -107,11 +139,58 @@ def parse_dump(text):
     return jails
 
 
+def parse_actions(text):
+    """{jail: [action as written]} from the reader's last line; {} when there is none."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(ACTIONS_MARK):
+            try:
+                found = json.loads(line[len(ACTIONS_MARK) :])
+            except ValueError:
+                return {}
+            return found if isinstance(found, dict) else {}
+    return {}
+
+
+def spec_name(spec):
+    """The name an action of a jail's `action =` runs under: its file name, or its actname."""
+    name, _, options = spec.partition("[")
+    name = name.strip()
+    if "actname=" in options.replace(" ", ""):
+        for part in options.rstrip("]").split(","):
+            key, _, value = part.partition("=")
+            if key.strip() == "actname":
+                return value.strip().strip("\"'")
+    return name[:-3] if name.endswith(".py") else name
+
+
+def interpreter(client):
+    """The command line of fail2ban-client's python: its shebang, split."""
+    try:
+        with open(client, "rb") as handle:
+            first = handle.readline().decode("utf-8", "replace").strip()
+    except OSError:
+        first = ""
+    return first[2:].split() if first.startswith("#!") else []
+
+
+def without_overlay(config_dir, overlay):
+    """A copy of the configuration directory without the overlay (the jails as they are)."""
+    copy = tempfile.mkdtemp(prefix="f2bsql-jails-")
+    target = os.path.join(copy, "conf")
+
+    def leave_out(folder, names):
+        return [overlay] if os.path.abspath(folder) == os.path.join(os.path.abspath(config_dir), "jail.d") else []
+
+    shutil.copytree(config_dir, target, symlinks=True, ignore=leave_out)
+    return copy, target
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             jails=dict(type="list", elements="str", default=[]),
             config_dir=dict(type="path", default="/etc/fail2ban"),
+            overlay=dict(type="str", default="zz-f2bsql.local"),
             client=dict(type="str", default="fail2ban-client"),
             exclude_action=dict(type="str", default="banned_db"),
             default_port=dict(type="str", default="0:65535"),
@@ -119,12 +198,23 @@ def main():
         ),
         supports_check_mode=True,
     )
+    # The helper's own rules (this module_utils file is files/fail2ban_banned_db).
+    from ansible.module_utils.f2bsql_helper_rules import UsageError, check_ports, check_protocol
+
     p = module.params
     client = module.get_bin_path(p["client"], required=True)
-    rc, out, err = module.run_command([client, "-c", p["config_dir"], "-d"])
+    python = interpreter(client)
+    if not python:
+        module.fail_json(msg="cannot tell which python runs %s (no #! line)" % client)
+    copy, config = without_overlay(p["config_dir"], p["overlay"])
+    try:
+        rc, out, err = module.run_command([*python, "-c", READER, config])
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
     if rc != 0:
-        module.fail_json(msg="%s -d failed: %s" % (client, (err or out).strip()), rc=rc)
+        module.fail_json(msg="reading fail2ban's configuration failed: %s" % (err or out).strip()[-2000:], rc=rc)
     dump = parse_dump(out)
+    written = parse_actions(out)
 
     wanted = p["jails"] or sorted(dump)
     missing = [name for name in wanted if name not in dump]
@@ -134,25 +224,32 @@ def main():
             % (", ".join(missing), ", ".join(sorted(dump)) or "none"),
             enabled=sorted(dump),
         )
+    exclude = p["exclude_action"]
     result = []
     for name in sorted(set(wanted)):
-        actions = [a for a in dump[name] if a[0] != p["exclude_action"] and a[1].get("actname") != p["exclude_action"]]
+        actions = [a for a in dump[name] if a[0] != exclude and a[1].get("actname") != exclude]
         with_port = [a for a in actions if a[1].get("port")]
         action, params = (with_port or actions or [("", {})])[0]
-        port = str(params.get("port") or p["default_port"]).replace(" ", "")
+        port = str(params.get("port") or p["default_port"])
         protocol = str(params.get("protocol") or p["default_protocol"])
-        if not PORT_RE.match(port) or not PROTOCOL_RE.match(protocol):
+        try:
+            port, protocol = check_ports(port), check_protocol(protocol)
+        except UsageError as exc:
             module.fail_json(
-                msg="jail %s: action %s has port %r / protocol %r, which the helper cannot"
-                " store; name the jail in f2bsql_fail2ban_jails only once its action is fixed"
-                % (name, action, port, protocol)
+                msg="jail %s: action %s has port %r / protocol %r, which the helper cannot store (%s);"
+                " name the jail in f2bsql_fail2ban_jails only once its action is fixed" % (name, action, port, protocol, exc)
             )
+        specs = written.get(name, [])
+        own = [spec for spec in specs if spec_name(spec) == exclude]
         result.append(
             dict(
                 name=name,
                 action=action,
                 port=port,
                 protocol=protocol,
+                own_banned_db=own,
+                # Its own actions without banned_db, as written, for a jail that names one itself.
+                restated=[spec for spec in specs if spec_name(spec) != exclude] if own else [],
             )
         )
     module.exit_json(changed=False, jails=result, enabled=sorted(dump))

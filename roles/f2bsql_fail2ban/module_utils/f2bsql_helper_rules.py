@@ -1,0 +1,1 @@
+../../../files/fail2ban_banned_db
