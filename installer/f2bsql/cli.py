@@ -20,7 +20,7 @@ from f2bsql import __version__
 from f2bsql.data import data_dir
 from f2bsql.detect import DB_NAME, Facts, detect, detect_fail2ban, detect_root
 from f2bsql.errors import ExitCode, F2bsqlError, PreconditionError, UsageError
-from f2bsql.plan import Options, Plan, inventory, make_plan, playbook_vars
+from f2bsql.plan import LABELS, Options, Plan, inventory, make_plan, playbook_vars
 from f2bsql.runner import LOG_FILE, RunLog, RunResult, TaskEvent, run_playbook
 
 PROG = "f2bsql-install"
@@ -61,6 +61,12 @@ def _add_database(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--db-host", metavar="HOST", help="a remote database server (default: this host)")
     group.add_argument("--db-port", metavar="PORT", type=_port, help="its port (default: 3306 / 5432)")
+    group.add_argument(
+        "--reset-password",
+        action="store_true",
+        help="give the existing user fail2ban a new generated password (needs admin access to the "
+        "database server; the credential file and iRedAdmin-Pro's settings.py get it)",
+    )
 
 
 def _add_scope(parser: argparse.ArgumentParser) -> None:
@@ -137,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from(args: argparse.Namespace) -> Options:
     if args.drop_database and not args.uninstall:
         raise UsageError("--drop-database only goes with --uninstall")
-    if args.uninstall and (args.jails or args.install_missing):
-        raise UsageError("--jails and --install-missing do not go with --uninstall")
+    if args.uninstall and (args.jails or args.install_missing or args.reset_password):
+        raise UsageError("--jails, --install-missing and --reset-password do not go with --uninstall")
+    if args.reset_password and args.db_host:
+        raise UsageError("--reset-password needs admin access to the database server; with --db-host run it there")
     return Options(
         backend=args.backend,
         db_host=args.db_host,
@@ -151,6 +159,7 @@ def options_from(args: argparse.Namespace) -> Options:
         uninstall=args.uninstall,
         drop_database=args.drop_database,
         install_missing=args.install_missing,
+        reset_password=args.reset_password,
     )
 
 
@@ -187,6 +196,10 @@ class Session:
             return
         label = {"changed": "would change" if self.opts.check else "changed"}.get(event.status, event.status)
         print(f"  {label:<12} {event.task}", flush=True)
+        # The roles' own news (which action the jails use, what uninstall keeps) is in tasks "Say ...".
+        if event.status == "ok" and event.msg and event.task.rpartition(" : ")[2].startswith("Say "):
+            for line in event.msg.strip().splitlines():
+                self.say(f"  {'':<12} {self.log.scrub(line)}")
         if event.status == "failed" and event.msg:
             print(f"  {'':<12} {self.log.scrub(event.msg.strip().splitlines()[0])}", flush=True)
         if self.opts.check and event.diff.strip():
@@ -270,9 +283,22 @@ def _cmd_uninstall(session: Session, facts: Facts) -> int:
     result = session.run(playbook, playbook_vars(plan, session.opts), "Uninstalling", inventory(plan))
     _say_changes(session, result)
     if not session.opts.check:
-        kept = "dropped" if plan.drop_database else f"kept (drop it with {PROG} --uninstall --drop-database)"
-        session.say(f"Database {DB_NAME}: {kept}")
+        session.say(f"Database {DB_NAME}: {_what_became_of_the_database(plan, result)}")
     return ExitCode.OK
+
+
+def _what_became_of_the_database(plan: Plan, result: RunResult) -> str:
+    """What the run really did to the database, from the tasks that ran (never a promise)."""
+    where = f"on {LABELS[plan.backend]}"
+    if not plan.drop_database:
+        return (
+            f"kept {where}, with its credential file {plan.credential_file} "
+            f"(drop both with {PROG} --uninstall --drop-database)"
+        )
+    dropped = [e for e in result.events if e.task.endswith("Drop the database") and e.status == "changed"]
+    if dropped:
+        return f"dropped {where}, with its user"
+    return f"none {where}: nothing was dropped"
 
 
 def _say_changes(session: Session, result: RunResult) -> None:

@@ -39,6 +39,7 @@ class Options:
     uninstall: bool = False
     drop_database: bool = False
     install_missing: bool = False
+    reset_password: bool = False
 
 
 @dataclasses.dataclass
@@ -96,6 +97,16 @@ def credential_file_for(facts: Facts, backend: str) -> str:
 
 def choose_backend(facts: Facts, opts: Options) -> str:
     iredmail = facts.iredmail.sql_backend
+    if opts.uninstall and opts.drop_database and opts.backend is None:
+        # Drop where the database is, never on a server that merely answers.
+        holding = [name for name in ("mysql", "pgsql") if facts.backends[name].has_database]
+        if len(holding) == 2:
+            raise UsageError(
+                f"both MySQL/MariaDB and PostgreSQL hold a database {DB_NAME}: "
+                "say which to drop with --backend mysql or --backend pgsql"
+            )
+        if holding:
+            return holding[0]
     if opts.backend is not None:
         if iredmail is not None and opts.backend != iredmail and opts.iredadmin and not opts.uninstall:
             raise UsageError(
@@ -152,7 +163,9 @@ def make_plan(facts: Facts, opts: Options) -> Plan:
             + ": enable the jails you want in /etc/fail2ban/jail.d/ first"
         )
 
-    password, source = _reuse_password(facts, backend, notes, opts.uninstall)
+    password, source = _reuse_password(facts, backend, notes, opts.uninstall, opts.reset_password)
+    if opts.uninstall and opts.drop_database and info.has_database is False:
+        notes.append(f"{LABELS[backend]} holds no database {DB_NAME}: there is nothing to drop")
     if remote and password is None and not opts.uninstall:
         raise PreconditionError(
             f"with --db-host this host is only a client of {opts.db_host}: provision the database there "
@@ -206,8 +219,12 @@ def select_jails(facts: Facts, opts: Options) -> list[str]:
     return list(dict.fromkeys(opts.jails))
 
 
-def _reuse_password(facts: Facts, backend: str, notes: list[str], uninstall: bool) -> tuple[str | None, str]:
-    """The fail2ban user's existing password: never rotated behind the user's back."""
+def _reuse_password(
+    facts: Facts, backend: str, notes: list[str], uninstall: bool, reset: bool = False
+) -> tuple[str | None, str]:
+    """The fail2ban user's existing password: never rotated behind the user's back (only with --reset-password)."""
+    if reset:
+        return None, "new, generated (--reset-password: the existing user fail2ban gets it)"
     credential = facts.backends[backend].credential
     panel = facts.iredmail.iredadmin_fail2ban.get("fail2ban_db_password")
     if credential is not None:
@@ -228,7 +245,7 @@ def _reuse_password(facts: Facts, backend: str, notes: list[str], uninstall: boo
         )
         raise PreconditionError(
             f"user {DB_USER} exists on {LABELS[backend]} but its password is not on this host: "
-            f"write it to {where} and run again"
+            f"write it to {where} and run again, or give the user a new one with --reset-password"
         )
     return None, "generated (none exists yet)"
 
@@ -253,6 +270,8 @@ def playbook_vars(plan: Plan, opts: Options) -> dict[str, Any]:
         variables["f2bsql_database_drop"] = plan.drop_database
     if plan.password is not None:
         variables[VAR_PASSWORD] = plan.password
+    if opts.reset_password:
+        variables["f2bsql_database_update_password"] = True
     return variables
 
 

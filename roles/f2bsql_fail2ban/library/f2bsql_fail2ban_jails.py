@@ -30,7 +30,10 @@ options:
     default: []
   config_dir: {description: fail2ban configuration directory., type: path, default: /etc/fail2ban}
   overlay: {description: "File name in jail.d to leave out (the f2bsql overlay).", type: str, default: zz-f2bsql.local}
-  client: {description: fail2ban-client command (its python reads the configuration)., type: str, default: fail2ban-client}
+  client:
+    description: fail2ban-client command (its python reads the configuration).
+    type: str
+    default: fail2ban-client
   exclude_action:
     description: "Action to look past (ours; also its Python form, name.py)."
     type: str
@@ -237,7 +240,8 @@ def main():
         except UsageError as exc:
             module.fail_json(
                 msg="jail %s: action %s has port %r / protocol %r, which the helper cannot store (%s);"
-                " name the jail in f2bsql_fail2ban_jails only once its action is fixed" % (name, action, port, protocol, exc)
+                " name the jail in f2bsql_fail2ban_jails only once its action is fixed"
+                % (name, action, port, protocol, exc)
             )
         specs = written.get(name, [])
         own = [spec for spec in specs if spec_name(spec) == exclude]
