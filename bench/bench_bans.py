@@ -13,7 +13,7 @@ holds on a noisy machine. For each backend, action and burst size N, and each of
 After each burst the rows are checked (exactly N, no duplicates, the jail's fields), after each
 unban_db that fail2ban holds none of them and no row is left. Figures are medians.
 
-Run as root from the repository root, with the servers scripts/bootstrap starts:
+Run as root from the repository root, with the servers scripts/setup-dev-machine starts:
     .venv/bin/python bench/bench_bans.py [--backends mysql,pgsql] [--sizes 100,500,2000] [--runs 3]
 """
 

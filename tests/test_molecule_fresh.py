@@ -4,7 +4,7 @@ Slow (minutes): builds the two images when missing (scripts/build-images, from D
 packages), then runs `molecule test -s fresh`: four podman containers (each release with each
 database), prepared as iRedMail hosts, converged, converged again (idempotence), verified.
 Needs root and a podman that runs containers here (scripts/podman-setup, which
-scripts/bootstrap runs). In CI a podman that cannot run them fails the test; elsewhere it skips.
+scripts/setup-dev-machine runs). In CI a podman that cannot run them fails the test; elsewhere it skips.
 """
 
 from __future__ import annotations
