@@ -26,6 +26,7 @@ import os
 import pwd
 import re
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -40,7 +41,7 @@ import psycopg2
 import psycopg2.sql
 import pymysql
 import pytest
-from testbed import REPO, Database, MysqlDatabase, PgsqlDatabase, Server, record_figure, wait_for
+from testbed import REPO, Database, MysqlDatabase, PgsqlDatabase, Server, load_helper_module, record_figure, wait_for
 
 # Provisions this machine: one pytest-xdist lane with the other such tests (tests/conftest.py).
 pytestmark = pytest.mark.xdist_group("machine")
@@ -51,6 +52,7 @@ OWNER = f"f2bsql-security-install-{os.getpid()}"
 MYSQL_CREDENTIALS = Path("/root/.my.cnf-fail2ban")
 PGPASS = Path("/var/lib/postgresql/.pgpass")
 SETTINGS = Path("/opt/www/iredadmin/settings.py")
+SPOOL = "/var/spool/f2bsql"
 FAIL2BAN_PIDFILE = Path("/var/run/fail2ban/fail2ban.pid")
 FAIL2BAN_SOCKET = Path("/var/run/fail2ban/fail2ban.sock")
 # Where an install writes, and where a leaked password would land.
@@ -143,8 +145,9 @@ def installed_password(backend: str) -> str:
     return str(password)
 
 
-def admin_rows(backend: str) -> list[dict[str, Any]]:
-    """The rows of `banned` in the machine's `fail2ban` database, read as its administrator."""
+def admin_rows(backend: str, table: str = "banned") -> list[dict[str, Any]]:
+    """The rows of a table of the machine's `fail2ban` database, read as its administrator."""
+    assert table in ("banned", "jails")
     server = machine_server(backend)
     if backend == "mysql":
         conn = pymysql.connect(unix_socket=server.unix_socket, user="root", database="fail2ban")
@@ -152,7 +155,7 @@ def admin_rows(backend: str) -> list[dict[str, Any]]:
         conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="fail2ban")
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT * FROM banned ORDER BY id")
+            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - one of two names
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
     finally:
@@ -361,13 +364,30 @@ def test_install_twice_uninstall_install_keeps_secrets_and_state(backend: str) -
         assert changed(again) == 0, f"the second install changed things:\n{again.stdout[-3000:]}"
         state = snapshot(backend, password)
 
-        timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
+        # An event still waiting in the spool (the database was away): the uninstall keeps it, and says so.
+        helper = load_helper_module("f2bsql_helper_install_cycle")
+        settings = helper.load_settings(None, None)
+        helper.Spool(SPOOL).put({"op": "start", "jail": "f2bt-waiting", "hostname": settings.hostname})
+        gone = timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
         assert b"f2bsql" not in Path("/usr/local/bin/fail2ban_banned_db").read_bytes(), "iRedMail's helper is not back"
+        assert "1 event(s) still wait in /var/spool/f2bsql" in gone.stdout
+        # fail2ban's restart at the end may already have replayed it (the actions' stop does): in the
+        # spool still, or in the table, never lost.
+        waiting = list(Path(SPOOL).glob("*.json"))
+        delivered = [row for row in admin_rows(backend, "jails") if row["name"] == "f2bt-waiting"]
+        assert len(waiting) + len(delivered) == 1, "the uninstall lost a waiting event"
         crash_fail2ban()  # the install's restart must cope with the socket the crash leaves
         # The user is still there (its database stays); its password came back with iRedMail's file.
         third = timed("install after uninstall")
         password_now = installed_password(backend)
         assert password_now == password
+        run("/usr/bin/python3", "/usr/local/bin/fail2ban_banned_db", "replay", check=True)  # what cron would do
+        assert list(Path(SPOOL).glob("*.json")) == []
+        assert "f2bt-waiting" in [row["name"] for row in admin_rows(backend, "jails")]
+        waited = fail2ban_db(backend, password)
+        waited.execute("DELETE FROM jails WHERE name = %s", ("f2bt-waiting",))
+        waited.close()
+        shutil.rmtree(SPOOL)  # made for the test's event (locks only now): the first install had none
         assert snapshot(backend, password_now) == state, "uninstall + install did not give back the same state"
 
         # A ban through the installed action, watched like the runs.
