@@ -98,8 +98,13 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         """fail2ban's reload begins: nothing to clear, every option comes back through reload()."""
 
     def reload(self, **options: str) -> None:
-        """fail2ban's reload ends: the jail's options as they are now (the settings file is read again)."""
+        """fail2ban's reload ends: the jail's options as they are now (the settings file is read again).
+
+        New ports or protocol are recorded as a start records them (`sync` makes rows with them)."""
+        before = (self._port, self._protocol)
         self._configure(**options)
+        if (self._port, self._protocol) != before:
+            self.start()
 
     def _event(self, op: str, **fields: Any) -> dict[str, Any]:
         return {"op": op, "jail": self._jail_name, "hostname": self._runner.settings.hostname, **fields}

@@ -8,10 +8,11 @@ and nothing is touched while fail2ban answers but runs no jail yet (it is starti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
-from testbed import DOVECOT_PORTS, POSTFIX_PORTS, Database, Fail2ban, Host, closed_port, wait_for
+from testbed import DOVECOT_PORTS, POSTFIX_PORTS, Database, Fail2ban, Host, closed_port, record_figure, wait_for
 
 OTHER_HOST = "mail-b.example.test"
 
@@ -117,3 +118,38 @@ def test_nothing_is_touched_while_fail2ban_runs_no_jail_yet(
     host.ok("unban_db")
     assert fail2ban.banned() == {"192.0.2.1"}
     wait_for(lambda: rows_of(db, host) == {("dovecot", "192.0.2.1")}, "rows = bans")
+
+
+def test_a_pending_removal_waits_while_fail2ban_restores_its_bans(
+    db: Database, host: Host, start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    # The command action runs a process per ban: restoring 120 of them after a restart takes
+    # seconds, during which the jail runs with part of its bans (fail2ban queues the rest).
+    fail2ban = start_fail2ban(host, action="command")
+    addresses = [f"198.51.100.{n}" for n in range(1, 121)]
+    fail2ban.banip(*addresses)
+    wait_for(lambda: len(db.banned()) == len(addresses), "a row per ban", timeout=120)
+    marked = addresses[60:]  # fail2ban restores in the order it banned: these come last
+    db.execute(f"UPDATE banned SET remove = 1 WHERE ip IN ({', '.join(['%s'] * len(marked))})", marked)  # noqa: S608
+    fail2ban.stop()
+    fail2ban.start()
+
+    def settled() -> bool:
+        """Every address restored by now, or restored and lifted already (no row left)."""
+        banned, rows = fail2ban.banned(), {row["ip"] for row in db.banned()}
+        return all(ip in banned or (ip in marked and ip not in rows) for ip in addresses)
+
+    runs_while_restoring = 0
+    deadline = time.monotonic() + 120
+    while not settled():
+        assert time.monotonic() < deadline, "fail2ban did not restore its bans within 120 s"
+        host.ok("unban_db")  # cron's run, in the middle of the restore
+        runs_while_restoring += 1
+    assert runs_while_restoring > 0, "the restore was over before unban_db could run: the test missed its window"
+    host.ok("unban_db")  # the next run, with every ban restored
+    assert fail2ban.banned() == set(addresses[:60]), "a panel's removal was lost while fail2ban restored its bans"
+    assert rows_of(db, host) == {("dovecot", ip) for ip in addresses[:60]}
+    record_figure(
+        f"restore window ({db.backend}): {runs_while_restoring} unban_db runs while fail2ban restored"
+        f" {len(addresses)} bans; all {len(marked)} panel removals lifted after it, none lost"
+    )

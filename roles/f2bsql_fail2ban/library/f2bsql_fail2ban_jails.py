@@ -38,6 +38,10 @@ options:
     description: "Action to look past (ours; also its Python form, name.py)."
     type: str
     default: banned_db
+  missing_ok:
+    description: Without fail2ban-client, return no jails (and C(missing)) instead of failing.
+    type: bool
+    default: false
   default_port: {description: Port when no action names one (allports actions)., type: str, default: "0:65535"}
   default_protocol: {description: Protocol when no action names one., type: str, default: tcp}
 attributes:
@@ -71,6 +75,10 @@ enabled:
   returned: success
   type: list
   elements: str
+missing:
+  description: fail2ban-client is not installed (only with I(missing_ok)).
+  returned: success
+  type: bool
 """
 
 import ast
@@ -196,6 +204,7 @@ def main():
             overlay=dict(type="str", default="zz-f2bsql.local"),
             client=dict(type="str", default="fail2ban-client"),
             exclude_action=dict(type="str", default="banned_db"),
+            missing_ok=dict(type="bool", default=False),
             default_port=dict(type="str", default="0:65535"),
             default_protocol=dict(type="str", default="tcp"),
         ),
@@ -205,7 +214,9 @@ def main():
     from ansible.module_utils.f2bsql_helper_rules import UsageError, check_ports, check_protocol
 
     p = module.params
-    client = module.get_bin_path(p["client"], required=True)
+    client = module.get_bin_path(p["client"], required=not p["missing_ok"])
+    if client is None:
+        module.exit_json(changed=False, jails=[], enabled=[], missing=True)
     python = interpreter(client)
     if not python:
         module.fail_json(msg="cannot tell which python runs %s (no #! line)" % client)
@@ -256,7 +267,7 @@ def main():
                 restated=[spec for spec in specs if spec_name(spec) != exclude] if own else [],
             )
         )
-    module.exit_json(changed=False, jails=result, enabled=sorted(dump))
+    module.exit_json(changed=False, jails=result, enabled=sorted(dump), missing=False)
 
 
 if __name__ == "__main__":
