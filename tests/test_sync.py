@@ -17,14 +17,6 @@ from testbed import DOVECOT_PORTS, POSTFIX_PORTS, Database, Fail2ban, Host, clos
 OTHER_HOST = "mail-b.example.test"
 
 
-def rows_of(db: Database, host: Host) -> set[tuple[str, str]]:
-    return {(row["jail"], row["ip"]) for row in db.banned(hostname=host.name)}
-
-
-def bans_of(fail2ban: Fail2ban) -> set[tuple[str, str]]:
-    return {(jail, ip) for jail in Fail2ban.JAILS for ip in fail2ban.banned(jail)}
-
-
 @pytest.mark.parametrize("action", ["python", "command"])
 def test_a_row_deleted_behind_fail2bans_back_comes_back_with_its_ban_time(
     db: Database, host: Host, start_fail2ban: Callable[..., Fail2ban], action: str
@@ -39,7 +31,7 @@ def test_a_row_deleted_behind_fail2bans_back_comes_back_with_its_ban_time(
     gone = ("192.0.2.1", "192.0.2.9", "203.0.113.5")
     db.execute("DELETE FROM banned WHERE ip IN (%s, %s, %s)", gone)
     host.ok("sync")
-    assert rows_of(db, host) == bans_of(fail2ban)
+    assert host.rows() == fail2ban.all_bans()
     for ip in gone:
         [row] = db.banned(ip=ip)
         columns = ("jail", "ports", "protocol", "timestamp", "failures", "loglines", "hostname", "remove")
@@ -117,7 +109,7 @@ def test_nothing_is_touched_while_fail2ban_runs_no_jail_yet(
     wait_for(lambda: fail2ban.banned() == {"192.0.2.1", "192.0.2.2"}, "the restored bans")
     host.ok("unban_db")
     assert fail2ban.banned() == {"192.0.2.1"}
-    wait_for(lambda: rows_of(db, host) == {("dovecot", "192.0.2.1")}, "rows = bans")
+    wait_for(lambda: host.rows() == {("dovecot", "192.0.2.1")}, "rows = bans")
 
 
 def test_a_pending_removal_waits_while_fail2ban_restores_its_bans(
@@ -148,7 +140,7 @@ def test_a_pending_removal_waits_while_fail2ban_restores_its_bans(
     assert runs_while_restoring > 0, "the restore was over before unban_db could run: the test missed its window"
     host.ok("unban_db")  # the next run, with every ban restored
     assert fail2ban.banned() == set(addresses[:60]), "a panel's removal was lost while fail2ban restored its bans"
-    assert rows_of(db, host) == {("dovecot", ip) for ip in addresses[:60]}
+    assert host.rows() == {("dovecot", ip) for ip in addresses[:60]}
     record_figure(
         f"restore window ({db.backend}): {runs_while_restoring} unban_db runs while fail2ban restored"
         f" {len(addresses)} bans; all {len(marked)} panel removals lifted after it, none lost"

@@ -535,6 +535,10 @@ class Host:
     def ban(self, ip: str, jail: str = "dovecot", ports: str = DOVECOT_PORTS) -> Run:
         return self.ok("ban", ip, ports, "tcp", jail, "3", f"auth failure from {ip}")
 
+    def rows(self) -> set[tuple[str, str]]:
+        """(jail, address) of this host's rows in `banned`."""
+        return {(row["jail"], row["ip"]) for row in self.db.banned(hostname=self.name)}
+
     def spooled(self) -> list[Path]:
         """Events waiting in the spool (not the rejected ones, not lock or half-written files)."""
         if not self.spool.is_dir():
@@ -762,6 +766,10 @@ class Fail2ban:
             if "Banned IP list:" in line:
                 return set(line.split("Banned IP list:", 1)[1].split())
         raise AssertionError(f"no banned list in:\n{status}")
+
+    def all_bans(self) -> set[tuple[str, str]]:
+        """(jail, address) of every ban the server holds in its jails."""
+        return {(jail, ip) for jail in self.JAILS for ip in self.banned(jail)}
 
     def banip(self, *ips: str, jail: str = "dovecot") -> None:
         self.client("set", jail, "banip", *ips)
