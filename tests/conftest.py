@@ -32,7 +32,9 @@ from testbed import (
     free_port,
     mysql_admin,
     new_database,
+    put_back_stale_fixture,
     reap_lingering,
+    stale_fixture_owner,
     write_private,
 )
 
@@ -89,9 +91,17 @@ def _lane(item: pytest.Item) -> str | None:
     return str(mark.args[0]) if mark is not None else None
 
 
+#: pytest-timeout's limit for a test marked slow (pyproject's `timeout` for the others): above
+#: the timeouts such a test gives its own Ansible and Molecule runs.
+SLOW_TIMEOUT = 2700
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The long lanes first, so that the short tests fill the gaps beside them, not before them.
     items.sort(key=lambda item: LANES.get(_lane(item) or "", len(LANES)))
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.hookimpl(trylast=True)
@@ -102,6 +112,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         lost = [item.nodeid for item in session.items if _lane(item) and "@" not in item.nodeid]
         if lost:
             raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (see pyproject.toml's pin of pytest)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A run killed halfway (a CI job cut off, a session ended) leaves this machine as the
+    # iRedMail fixture, its lock held by a process that is gone: put the machine back first, so
+    # that no test starts on the fixture's leftovers. Once, in the process that runs the session.
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.geteuid() != 0:
+        return
+    stale = stale_fixture_owner()
+    if stale is None:
+        return
+    print(f"f2bsql tests: the fixture's lock is held by {stale}, whose process is gone: putting the machine back")
+    failed = put_back_stale_fixture()
+    if failed:
+        raise pytest.UsageError(f"could not put the machine back from a killed run's fixture: {failed}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

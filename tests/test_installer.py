@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from testbed import record_figure
+from testbed import MOLECULE_RESOURCES, fixture_env, record_figure
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "installer"
@@ -572,9 +572,9 @@ def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
 # molecule/resources/cleanup.yml (uninstall, drop, restore). The fixture's lock keeps them and a
 # Molecule scenario from holding the machine at the same time.
 
-MOLECULE = REPO / "molecule" / "resources"
+
 #: The fixture's enabled jails, and the port list of its dovecot (molecule/resources/vars/main.yml).
-_FIXTURE_VARS = yaml.safe_load((MOLECULE / "vars" / "main.yml").read_text())
+_FIXTURE_VARS = yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())
 FIXTURE_JAILS = tuple(_FIXTURE_VARS["f2bsql_molecule_jails"])
 DOVECOT_PORTS = str(_FIXTURE_VARS["f2bsql_molecule_dovecot_ports"])
 SETTINGS = Path("/opt/www/iredadmin/settings.py")
@@ -620,16 +620,17 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: The fixture's lock owner (molecule/resources/tasks/lock.yml): prepare waits while a Molecule
-#: run holds the machine, and cleanup never undoes another run's fixture.
+#: run holds the machine, and cleanup never undoes another run's fixture. Its process is this
+#: one: should it be killed, the next run adopts the lock and puts the machine back.
 FIXTURE_OWNER = f"f2bsql-install-e2e-{os.getpid()}"
 
 
 def molecule_playbook(name: str, *extra: str) -> None:
     proc = sh(
         str(Path(sys.executable).parent / "ansible-playbook"),
-        *("-i", "localhost,", "-c", "local", str(MOLECULE / name), *extra),
+        *("-i", "localhost,", "-c", "local", str(MOLECULE_RESOURCES / name), *extra),
         check=False,
-        env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "F2BSQL_FIXTURE_OWNER": FIXTURE_OWNER},
+        env=fixture_env(FIXTURE_OWNER),
         cwd=REPO,
         timeout=2400,  # prepare may wait up to 30 minutes for another run's fixture
     )

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -55,3 +56,79 @@ def test_ansible_lint_production() -> None:
 @pytest.mark.slow
 def test_yamllint() -> None:
     _run([str(BIN / "yamllint"), "--strict", *LINTED, ".ansible-lint", ".yamllint"], timeout=300)
+
+
+# --------------------------------------------------------------------------- the fixture's lock
+# molecule/resources/tasks/lock.yml, on a lock of the test's own (the machine's is left alone).
+
+LOCK_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  vars_files: [{resources}/vars/main.yml]
+  tasks:
+    - ansible.builtin.include_tasks: {resources}/tasks/lock.yml
+"""
+
+
+@pytest.fixture
+def lock_run(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run lock.yml as `owner`, under `pid` (F2BSQL_FIXTURE_PID) or `wrapper`, on tmp_path/lock."""
+    playbook = tmp_path / "lock.yml"
+    playbook.write_text(LOCK_PLAYBOOK.format(resources=ROOT / "molecule" / "resources"))
+
+    def run(
+        action: str, owner: str, pid: int | None = None, wrapper: list[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("F2BSQL_", "MOLECULE_"))}
+        env.update(F2BSQL_FIXTURE_OWNER=owner, ANSIBLE_NOCOLOR="1")
+        if pid is not None:
+            env["F2BSQL_FIXTURE_PID"] = str(pid)
+        args = [str(BIN / "ansible-playbook"), "-v", "-i", "localhost,", "-c", "local", str(playbook)]
+        args += ["-e", f"f2bsql_molecule_lock={tmp_path / 'lock'}", "-e", f"f2bsql_molecule_lock_action={action}"]
+        args += ["-e", "f2bsql_molecule_lock_retries=1", "-e", "ansible_python_interpreter=/usr/bin/python3"]
+        return subprocess.run([*(wrapper or []), *args], env=env, capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+def lock_files(tmp_path: Path) -> tuple[str, str]:
+    lock = tmp_path / "lock"
+    return (lock / "owner").read_text().strip(), (lock / "pid").read_text().strip()
+
+
+def test_the_fixture_lock_waits_for_a_live_owner_and_adopts_a_dead_ones(
+    lock_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    # Nobody's: cleanup's check passes and takes nothing; prepare takes it, naming its process.
+    assert lock_run("check", "first", pid=os.getpid()).returncode == 0
+    assert not (tmp_path / "lock").exists()
+    assert lock_run("take", "first", pid=os.getpid()).returncode == 0
+    assert lock_files(tmp_path) == ("first", str(os.getpid()))
+    # Another run, while the owner is alive: it waits, then gives up saying who holds the lock.
+    for action in ("take", "check"):
+        done = lock_run(action, "second", pid=os.getpid())
+        assert done.returncode != 0 and "held by first" in done.stdout, done.stdout
+    assert lock_files(tmp_path)[0] == "first"
+    # The owner's process is gone (a run killed halfway): the next run adopts the lock at once.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "lock" / "pid").write_text(f"{gone.pid}\n")
+    done = lock_run("check", "second", pid=os.getpid())
+    assert done.returncode == 0 and "adopted from first" in done.stdout, done.stdout
+    assert lock_files(tmp_path) == ("second", str(os.getpid()))
+
+
+def test_a_molecule_run_is_the_lock_owners_process(
+    lock_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    # Without F2BSQL_FIXTURE_PID the lock names the `molecule` command the playbook runs under;
+    # once that has exited, its lock is stale.
+    molecule = tmp_path / "bin" / "molecule"
+    molecule.parent.mkdir()
+    molecule.write_text('#!/bin/sh\n"$@"; exit $?\n')
+    molecule.chmod(0o755)
+    assert lock_run("take", "scenario", wrapper=[str(molecule)]).returncode == 0
+    owner, pid = lock_files(tmp_path)
+    assert owner == "scenario" and pid.isdigit() and not Path(f"/proc/{pid}").exists()
+    done = lock_run("take", "next", pid=os.getpid())
+    assert done.returncode == 0 and "adopted from scenario" in done.stdout, done.stdout

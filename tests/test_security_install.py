@@ -41,13 +41,24 @@ import psycopg2
 import psycopg2.sql
 import pymysql
 import pytest
-from testbed import REPO, Database, MysqlDatabase, PgsqlDatabase, Server, load_helper_module, record_figure, wait_for
+from testbed import (
+    MOLECULE_RESOURCES,
+    REPO,
+    Database,
+    MysqlDatabase,
+    PgsqlDatabase,
+    Server,
+    fixture_env,
+    load_helper_module,
+    record_figure,
+    wait_for,
+)
 
 # Provisions this machine: one pytest-xdist lane with the other such tests (tests/conftest.py).
 pytestmark = pytest.mark.xdist_group("machine")
 
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
-MOLECULE = REPO / "molecule" / "resources"
+
 OWNER = f"f2bsql-security-install-{os.getpid()}"
 MYSQL_CREDENTIALS = Path("/root/.my.cnf-fail2ban")
 PGPASS = Path("/var/lib/postgresql/.pgpass")
@@ -74,7 +85,7 @@ ROW_COLUMNS = ("ip", "ports", "protocol", "jail", "hostname", "country", "rdns",
 
 
 def run(*cmd: str, timeout: int = 2400, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "F2BSQL_FIXTURE_OWNER": OWNER}
+    env = fixture_env(OWNER)
     env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw)
 
@@ -323,10 +334,10 @@ def iredmail_fixture(backend: str) -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.fail("the install tests provision this machine: run them as root")
     try:
-        playbook(MOLECULE / "prepare.yml", backend)  # waits while another run holds the fixture
+        playbook(MOLECULE_RESOURCES / "prepare.yml", backend)  # waits while another run holds the fixture
         yield
     finally:
-        playbook(MOLECULE / "cleanup.yml", backend, "-e", "f2bsql_database_drop=true")
+        playbook(MOLECULE_RESOURCES / "cleanup.yml", backend, "-e", "f2bsql_database_drop=true")
         drop_machine_database(backend)
 
 

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ import psycopg2.sql
 import pymysql
 import pymysql.constants.CLIENT
 import pymysql.cursors
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "files" / "fail2ban_banned_db"
@@ -39,6 +41,10 @@ PYTHON_ACTION = REPO / "files" / "banned_db.py"
 SQL_DIR = REPO / "files" / "sql"
 ACTION_TEMPLATE = REPO / "templates" / "banned_db.conf.j2"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: The iRedMail host the Molecule scenarios and the end-to-end tests lay out on this machine.
+MOLECULE_RESOURCES = REPO / "molecule" / "resources"
+#: The lock that keeps one run at a time on that fixture (molecule/resources/tasks/lock.yml).
+FIXTURE_LOCK = Path(yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())["f2bsql_molecule_lock"])
 # The helper runs on the distro's python3 with the distro's drivers, as on a real host.
 SYSTEM_PYTHON = "/usr/bin/python3"
 BACKENDS = ("mysql", "pgsql")
@@ -857,6 +863,55 @@ def running_fail2ban(root: Path, helper_config: Path) -> Iterator[Fail2ban]:
         yield server
     finally:
         server.stop()
+
+
+def fixture_env(owner: str) -> dict[str, str]:
+    """The environment to run the fixture's playbooks in (MOLECULE_RESOURCES: prepare.yml,
+    cleanup.yml) as `owner`: the modules on the distro python, and this process as the owner's
+    process in the fixture's lock (molecule/resources/tasks/lock.yml), so that the next run
+    adopts the lock, and puts the machine back, if this one is killed halfway."""
+    return {
+        **os.environ,
+        "ANSIBLE_PYTHON_INTERPRETER": SYSTEM_PYTHON,
+        "F2BSQL_FIXTURE_OWNER": owner,
+        "F2BSQL_FIXTURE_PID": str(os.getpid()),
+    }
+
+
+def stale_fixture_owner() -> str | None:
+    """The owner of the fixture's lock when its process is gone (a run killed halfway), else None."""
+    try:
+        owner = (FIXTURE_LOCK / "owner").read_text().strip()
+        pid = int((FIXTURE_LOCK / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if Path(f"/proc/{pid}").exists() else owner
+
+
+def put_back_stale_fixture() -> str | None:
+    """Put the machine back from a killed run's fixture: cleanup.yml, on the fixture's backend,
+    adopts the stale lock, uninstalls (dropping the database), proves it, restores what prepare
+    saved and releases the lock. Returns what failed, or None."""
+    vars_file = yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())
+    noted = Path(vars_file["f2bsql_molecule_state"]) / "backend"
+    backend = noted.read_text().strip() if noted.exists() else "mysql"
+    done = subprocess.run(
+        [
+            *(str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local"),
+            *(str(MOLECULE_RESOURCES / "cleanup.yml"), "-e", f"f2bsql_database_backend={backend}"),
+            *("-e", "f2bsql_database_drop=true"),
+        ],
+        env=fixture_env(f"f2bsql-tests-{os.getpid()}"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"cleanup.yml ({backend}):\n{ansible_failures(done.stdout)}"
+    if FIXTURE_LOCK.exists():
+        return f"{FIXTURE_LOCK} is still there"
+    return None
 
 
 def ansible_failures(output: str, context: int = 25, limit: int = 25000) -> str:
