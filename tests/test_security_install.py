@@ -375,18 +375,24 @@ def test_install_twice_uninstall_install_keeps_secrets_and_state(backend: str) -
         assert changed(again) == 0, f"the second install changed things:\n{again.stdout[-3000:]}"
         state = snapshot(backend, password)
 
-        # An event still waiting in the spool (the database was away): the uninstall keeps it, and says so.
+        # Events in the spool: one waiting (the database was away), one the database refused for
+        # good (set aside in rejected/). The uninstall keeps the spool, and says how many it holds.
         helper = load_helper_module("f2bsql_helper_install_cycle")
         settings = helper.load_settings(None, None)
-        helper.Spool(SPOOL).put({"op": "start", "jail": "f2bt-waiting", "hostname": settings.hostname})
+        spool = helper.Spool(SPOOL)
+        spool.put({"op": "start", "jail": "f2bt-waiting", "hostname": settings.hostname})
+        spool.put({"op": "start", "jail": "f2bt-refused", "hostname": settings.hostname}, rejected=True)
         gone = timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
         assert b"f2bsql" not in Path("/usr/local/bin/fail2ban_banned_db").read_bytes(), "iRedMail's helper is not back"
-        assert "1 event(s) still wait in /var/spool/f2bsql" in gone.stdout
-        # fail2ban's restart at the end may already have replayed it (the actions' stop does): in the
-        # spool still, or in the table, never lost.
+        # fail2ban's stop, before the uninstall changes a file, may replay the waiting one (the
+        # actions' stop does): in the spool still, or in the table, never lost. The refused one stays.
         waiting = list(Path(SPOOL).glob("*.json"))
+        rejected = list(Path(SPOOL, "rejected").glob("*.json"))
         delivered = [row for row in admin_rows(backend, "jails") if row["name"] == "f2bt-waiting"]
         assert len(waiting) + len(delivered) == 1, "the uninstall lost a waiting event"
+        assert len(rejected) == 1, "the uninstall lost an event set aside"
+        said = re.search(r"(\d+) event\(s\) still wait in /var/spool/f2bsql\b", gone.stdout)
+        assert said and int(said[1]) >= len(waiting) + len(rejected), "the uninstall did not say what it kept"
         crash_fail2ban()  # the install's restart must cope with the socket the crash leaves
         # The user is still there (its database stays); its password came back with iRedMail's file.
         third = timed("install after uninstall")
