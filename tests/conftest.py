@@ -34,7 +34,6 @@ from testbed import (
     new_database,
     put_back_stale_fixture,
     reap_lingering,
-    stale_fixture_owner,
     write_private,
 )
 
@@ -120,13 +119,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # that no test starts on the fixture's leftovers. Once, in the process that runs the session.
     if os.environ.get("PYTEST_XDIST_WORKER") or os.geteuid() != 0:
         return
-    stale = stale_fixture_owner()
-    if stale is None:
-        return
-    print(f"f2bsql tests: the fixture's lock is held by {stale}, whose process is gone: putting the machine back")
-    failed = put_back_stale_fixture()
-    if failed:
-        raise pytest.UsageError(f"could not put the machine back from a killed run's fixture: {failed}")
+    try:
+        done = put_back_stale_fixture()
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"this machine is still a killed run's fixture: {exc}") from exc
+    if done:
+        print(f"f2bsql tests: {done}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

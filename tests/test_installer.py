@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from testbed import MOLECULE_RESOURCES, fixture_env, record_figure
+from testbed import FIXTURE_VARS, fixture_playbook, record_figure
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "installer"
@@ -574,9 +573,8 @@ def test_wheel_carries_the_playbook_tree(wheel: Path) -> None:
 
 
 #: The fixture's enabled jails, and the port list of its dovecot (molecule/resources/vars/main.yml).
-_FIXTURE_VARS = yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())
-FIXTURE_JAILS = tuple(_FIXTURE_VARS["f2bsql_molecule_jails"])
-DOVECOT_PORTS = str(_FIXTURE_VARS["f2bsql_molecule_dovecot_ports"])
+FIXTURE_JAILS = tuple(FIXTURE_VARS["f2bsql_molecule_jails"])
+DOVECOT_PORTS = str(FIXTURE_VARS["f2bsql_molecule_dovecot_ports"])
 SETTINGS = Path("/opt/www/iredadmin/settings.py")
 #: What iRedMail's integration put on the host (the fixture's), by backend: f2bsql replaces them.
 _HELPER_AND_ACTION = ["/usr/local/bin/fail2ban_banned_db", "/etc/fail2ban/action.d/banned_db.conf"]
@@ -626,14 +624,7 @@ FIXTURE_OWNER = f"f2bsql-install-e2e-{os.getpid()}"
 
 
 def molecule_playbook(name: str, *extra: str) -> None:
-    proc = sh(
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        *("-i", "localhost,", "-c", "local", str(MOLECULE_RESOURCES / name), *extra),
-        check=False,
-        env=fixture_env(FIXTURE_OWNER),
-        cwd=REPO,
-        timeout=2400,  # prepare may wait up to 30 minutes for another run's fixture
-    )
+    proc = fixture_playbook(name, FIXTURE_OWNER, *extra)  # prepare waits while another run holds the fixture
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
 
 

@@ -8,14 +8,16 @@ iRedMail-like fixture (molecule/resources/prepare.yml), prove the result with th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
-from testbed import ansible_failures
+from testbed import ansible_failures, run_whole
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -25,9 +27,7 @@ LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "mole
 def _run(args: list[str], timeout: int, **extra_env: str) -> None:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env)
     env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
-    proc = subprocess.run(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
-    )
+    proc = run_whole(args, timeout, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{ansible_failures(proc.stdout)}"
 
 
@@ -85,50 +85,96 @@ def lock_run(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             env["F2BSQL_FIXTURE_PID"] = str(pid)
         args = [str(BIN / "ansible-playbook"), "-v", "-i", "localhost,", "-c", "local", str(playbook)]
         args += ["-e", f"f2bsql_molecule_lock={tmp_path / 'lock'}", "-e", f"f2bsql_molecule_lock_action={action}"]
-        args += ["-e", "f2bsql_molecule_lock_retries=1", "-e", "ansible_python_interpreter=/usr/bin/python3"]
+        args += ["-e", "f2bsql_molecule_lock_retries=0", "-e", "ansible_python_interpreter=/usr/bin/python3"]
         return subprocess.run([*(wrapper or []), *args], env=env, capture_output=True, text=True, timeout=120)
 
     return run
 
 
 def lock_files(tmp_path: Path) -> tuple[str, str]:
+    """The lock's owner, and the pid of the process it names (its start time checked apart)."""
     lock = tmp_path / "lock"
-    return (lock / "owner").read_text().strip(), (lock / "pid").read_text().strip()
+    return (lock / "owner").read_text().strip(), (lock / "process").read_text().strip().partition(" ")[0]
+
+
+def started(pid: int) -> str:
+    """A process's start time, as the lock records it beside its pid (a pid alone may be reused)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[19]
 
 
 def test_the_fixture_lock_waits_for_a_live_owner_and_adopts_a_dead_ones(
     lock_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
+    lock = tmp_path / "lock"
     # Nobody's: cleanup's check passes and takes nothing; prepare takes it, naming its process.
     assert lock_run("check", "first", pid=os.getpid()).returncode == 0
-    assert not (tmp_path / "lock").exists()
+    assert not lock.exists()
     assert lock_run("take", "first", pid=os.getpid()).returncode == 0
-    assert lock_files(tmp_path) == ("first", str(os.getpid()))
-    # Another run, while the owner is alive: it waits, then gives up saying who holds the lock.
+    assert (lock / "process").read_text().split() == [str(os.getpid()), started(os.getpid())]
+    # Another run, while the owner is alive: it waits (here not at all), saying who holds the lock.
     for action in ("take", "check"):
         done = lock_run(action, "second", pid=os.getpid())
         assert done.returncode != 0 and "held by first" in done.stdout, done.stdout
     assert lock_files(tmp_path)[0] == "first"
+    # The pid lives, but as another process (pid reuse): the lock is stale.
+    (lock / "process").write_text(f"{os.getpid()} 1\n")
+    done = lock_run("take", "second", pid=os.getpid())
+    assert done.returncode == 0 and "adopted from first" in done.stdout, done.stdout
+    assert lock_files(tmp_path) == ("second", str(os.getpid()))
     # The owner's process is gone (a run killed halfway): the next run adopts the lock at once.
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / "lock" / "pid").write_text(f"{gone.pid}\n")
-    done = lock_run("check", "second", pid=os.getpid())
-    assert done.returncode == 0 and "adopted from first" in done.stdout, done.stdout
-    assert lock_files(tmp_path) == ("second", str(os.getpid()))
+    (lock / "process").write_text(f"{gone.pid} {started(os.getpid())}\n")
+    done = lock_run("check", "third", pid=os.getpid())
+    assert done.returncode == 0 and "adopted from second" in done.stdout, done.stdout
+    assert lock_files(tmp_path) == ("third", str(os.getpid()))
 
 
-def test_a_molecule_run_is_the_lock_owners_process(
+def test_a_lock_that_names_no_process_is_adopted_only_when_it_names_no_owner_either(
     lock_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
-    # Without F2BSQL_FIXTURE_PID the lock names the `molecule` command the playbook runs under;
-    # once that has exited, its lock is stale.
+    lock = tmp_path / "lock"
+    # A manual run (no process to watch) holds it: others wait, however long it has been.
+    lock.mkdir()
+    (lock / "owner").write_text("manual\n")
+    (lock / "process").write_text("\n")
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    done = lock_run("take", "second", pid=os.getpid())
+    assert done.returncode != 0 and "held by manual (process none named)" in done.stdout, done.stdout
+    # A run killed between taking the lock and naming itself: adopted after two minutes, not before.
+    for path in lock.iterdir():
+        path.unlink()
+    done = lock_run("take", "second", pid=os.getpid())
+    assert done.returncode != 0 and "held by a run starting" in done.stdout, done.stdout
+    os.utime(lock, (time.time() - 180, time.time() - 180))
+    done = lock_run("take", "second", pid=os.getpid())
+    assert done.returncode == 0 and "adopted from nobody" in done.stdout, done.stdout
+
+
+def fake_molecule(tmp_path: Path) -> Path:
+    """A `molecule` that runs the command after its subcommand, as a child, as Molecule does."""
     molecule = tmp_path / "bin" / "molecule"
-    molecule.parent.mkdir()
-    molecule.write_text('#!/bin/sh\n"$@"; exit $?\n')
+    molecule.parent.mkdir(exist_ok=True)
+    molecule.write_text('#!/bin/sh\nshift\n"$@"; exit $?\n')
     molecule.chmod(0o755)
-    assert lock_run("take", "scenario", wrapper=[str(molecule)]).returncode == 0
+    return molecule
+
+
+def test_molecule_test_is_the_lock_owners_process_and_a_single_step_is_none(
+    lock_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    # Without F2BSQL_FIXTURE_PID the lock names the `molecule test` command the playbook runs
+    # under; once that has exited, its lock is stale.
+    molecule = str(fake_molecule(tmp_path))
+    assert lock_run("take", "scenario", wrapper=[molecule, "test"]).returncode == 0
     owner, pid = lock_files(tmp_path)
     assert owner == "scenario" and pid.isdigit() and not Path(f"/proc/{pid}").exists()
     done = lock_run("take", "next", pid=os.getpid())
     assert done.returncode == 0 and "adopted from scenario" in done.stdout, done.stdout
+    # `molecule prepare`, then `converge` …: each step exits while the fixture stays in use, so
+    # the lock names no process and is never adopted.
+    shutil.rmtree(tmp_path / "lock")  # as cleanup.yml releases it
+    assert lock_run("take", "steps", wrapper=[molecule, "prepare"]).returncode == 0
+    assert lock_files(tmp_path) == ("steps", "")
+    done = lock_run("take", "next", pid=os.getpid())
+    assert done.returncode != 0 and "held by steps" in done.stdout, done.stdout

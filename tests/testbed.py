@@ -43,8 +43,10 @@ ACTION_TEMPLATE = REPO / "templates" / "banned_db.conf.j2"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: The iRedMail host the Molecule scenarios and the end-to-end tests lay out on this machine.
 MOLECULE_RESOURCES = REPO / "molecule" / "resources"
+#: Its variables (molecule/resources/vars/main.yml).
+FIXTURE_VARS: dict[str, Any] = yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())
 #: The lock that keeps one run at a time on that fixture (molecule/resources/tasks/lock.yml).
-FIXTURE_LOCK = Path(yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())["f2bsql_molecule_lock"])
+FIXTURE_LOCK = Path(FIXTURE_VARS["f2bsql_molecule_lock"])
 # The helper runs on the distro's python3 with the distro's drivers, as on a real host.
 SYSTEM_PYTHON = "/usr/bin/python3"
 BACKENDS = ("mysql", "pgsql")
@@ -865,53 +867,78 @@ def running_fail2ban(root: Path, helper_config: Path) -> Iterator[Fail2ban]:
         server.stop()
 
 
+def run_whole(args: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(args, text=True, …) in a process group of its own, all of which is killed
+    at the timeout (or pytest-timeout's, or ^C): Molecule's and Ansible's children would otherwise
+    go on changing the machine after the test has given up on them (and the next run adopted
+    their fixture)."""
+    with subprocess.Popen(list(args), text=True, start_new_session=True, **kw) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def fixture_env(owner: str) -> dict[str, str]:
-    """The environment to run the fixture's playbooks in (MOLECULE_RESOURCES: prepare.yml,
-    cleanup.yml) as `owner`: the modules on the distro python, and this process as the owner's
-    process in the fixture's lock (molecule/resources/tasks/lock.yml), so that the next run
-    adopts the lock, and puts the machine back, if this one is killed halfway."""
+    """The environment to run Ansible in on the fixture (MOLECULE_RESOURCES) as `owner`: the
+    modules on the distro python, and this process as the owner's process in the fixture's lock
+    (molecule/resources/tasks/lock.yml), so that the next run adopts the lock, and puts the
+    machine back, if this one is killed halfway."""
     return {
         **os.environ,
         "ANSIBLE_PYTHON_INTERPRETER": SYSTEM_PYTHON,
+        "ANSIBLE_NOCOLOR": "1",
         "F2BSQL_FIXTURE_OWNER": owner,
         "F2BSQL_FIXTURE_PID": str(os.getpid()),
     }
 
 
-def stale_fixture_owner() -> str | None:
-    """The owner of the fixture's lock when its process is gone (a run killed halfway), else None."""
-    try:
-        owner = (FIXTURE_LOCK / "owner").read_text().strip()
-        pid = int((FIXTURE_LOCK / "pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if Path(f"/proc/{pid}").exists() else owner
+def fixture_playbook(name: str, owner: str, *extra: str, timeout: int = 2400) -> subprocess.CompletedProcess[str]:
+    """Run one of the fixture's playbooks (prepare.yml, cleanup.yml) on this machine as `owner`."""
+    return run_whole(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            *("-i", "localhost,", "-c", "local", str(MOLECULE_RESOURCES / name)),
+            *extra,
+        ],
+        timeout,
+        env=fixture_env(owner),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def put_back_stale_fixture() -> str | None:
-    """Put the machine back from a killed run's fixture: cleanup.yml, on the fixture's backend,
-    adopts the stale lock, uninstalls (dropping the database), proves it, restores what prepare
-    saved and releases the lock. Returns what failed, or None."""
-    vars_file = yaml.safe_load((MOLECULE_RESOURCES / "vars" / "main.yml").read_text())
-    noted = Path(vars_file["f2bsql_molecule_state"]) / "backend"
+    """When a killed run left this machine as the fixture (its lock's process is gone), put it
+    back: cleanup.yml, on the backend prepare noted, adopts the lock, uninstalls (dropping the
+    database), proves it, restores what prepare saved and releases the lock. Returns what it
+    did, or None when there is no lock or its owner is alive (the tests wait for that one, as
+    any second run does). Raises RuntimeError when the machine could not be put back."""
+    if not FIXTURE_LOCK.exists():
+        return None
+    noted = Path(FIXTURE_VARS["f2bsql_molecule_state"]) / "backend"
     backend = noted.read_text().strip() if noted.exists() else "mysql"
-    done = subprocess.run(
-        [
-            *(str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local"),
-            *(str(MOLECULE_RESOURCES / "cleanup.yml"), "-e", f"f2bsql_database_backend={backend}"),
-            *("-e", "f2bsql_database_drop=true"),
-        ],
-        env=fixture_env(f"f2bsql-tests-{os.getpid()}"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        return f"cleanup.yml ({backend}):\n{ansible_failures(done.stdout)}"
-    if FIXTURE_LOCK.exists():
-        return f"{FIXTURE_LOCK} is still there"
-    return None
+    try:
+        done = fixture_playbook(
+            "cleanup.yml",
+            f"f2bsql-tests-{os.getpid()}",
+            *("-v", "-e", f"f2bsql_database_backend={backend}", "-e", "f2bsql_database_drop=true"),
+            *("-e", "f2bsql_molecule_lock_retries=0"),  # a live owner: leave it, do not wait here
+            timeout=900,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"cleanup.yml ({backend}) took over {exc.timeout} s") from exc
+    # What the lock task said (-v shows its result; its command line holds the same words).
+    said = re.search(r'"stdout": "((?:adopted from|held by|held)\b[^"]*)"', done.stdout)
+    if said and said[1].startswith("held by"):
+        return None
+    if done.returncode != 0 or FIXTURE_LOCK.exists():
+        raise RuntimeError(f"cleanup.yml ({backend}) failed:\n{ansible_failures(done.stdout)}")
+    return f"put the machine back from a killed run's fixture ({backend}; lock {said[1] if said else 'gone'})"
 
 
 def ansible_failures(output: str, context: int = 25, limit: int = 25000) -> str:
