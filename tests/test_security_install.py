@@ -51,6 +51,7 @@ from testbed import (
     fixture_env,
     load_helper_module,
     record_figure,
+    run_whole,
     wait_for,
 )
 
@@ -84,10 +85,12 @@ STATE_TREES = ["/etc/fail2ban", "/usr/local/bin", "/opt/www/iredadmin", "/var/sp
 ROW_COLUMNS = ("ip", "ports", "protocol", "jail", "hostname", "country", "rdns", "failures", "loglines", "remove")
 
 
-def run(*cmd: str, timeout: int = 2400, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = fixture_env(OWNER)
-    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw)
+def run(*cmd: str, timeout: int = 2400, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**fixture_env(OWNER), "ANSIBLE_FORCE_COLOR": "0"}
+    done = run_whole(cmd, timeout, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if check and done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done
 
 
 def playbook(path: Path, backend: str, *extra: str) -> subprocess.CompletedProcess[str]:
