@@ -2,27 +2,26 @@
 
 The command action (action.d/banned_db.conf) starts a helper process per ban: fine for a
 trickle, slow for a burst of hundreds. This action runs in fail2ban-server itself and keeps
-one database connection per jail. It does not carry SQL of its own: it loads the installed
-helper (/usr/local/bin/fail2ban_banned_db) as a module and uses its statements, checks,
-spool and replay, so both paths write exactly the same rows.
+one database connection per jail. It carries no SQL of its own: it imports the package the
+helper runs on (f2bsql_host, in /usr/local/lib/f2bsql) and uses its statements, checks, spool
+and replay, so both paths write exactly the same rows.
 
 Use it in a jail instead of the command action (the jail's name is taken from the jail):
 
     action = %(known/action)s
              banned_db.py[port="80,443,25", protocol=tcp]
 
-Options: port, protocol (as the command action); helper (path of the helper); config
-(settings file, as the helper's --config); hostname (as the helper's --hostname);
-retry (seconds to spool directly after the database failed before trying it again, 30).
+Options: port, protocol (as the command action); config (settings file, as the helper's
+--config); hostname (as the helper's --hostname); retry (seconds to spool directly after the
+database failed before trying it again, 30); lib (the directory that holds f2bsql_host).
 
-A new helper file is only read by a new fail2ban-server: the role restarts fail2ban when the
-helper or this file changes (a `reload` keeps the loaded code).
+New package files are only read by a new fail2ban-server: the role restarts fail2ban when the
+package or this file changes (a `reload` keeps the loaded code).
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import importlib
 import logging
 import sys
 import threading
@@ -31,30 +30,25 @@ from typing import Any
 
 from fail2ban.server.action import ActionBase  # type: ignore[import-not-found]
 
-DEFAULT_HELPER = "/usr/local/bin/fail2ban_banned_db"
-_MODULES: dict[str, ModuleType] = {}
-_MODULES_LOCK = threading.Lock()
+DEFAULT_LIB = "/usr/local/lib/f2bsql"
+_LOAD_LOCK = threading.Lock()
 
 
-def _log(message: str, *, error: bool = False) -> None:
+def _log(message: str, error: bool) -> None:
     logging.getLogger("fail2ban.banned_db").log(logging.ERROR if error else logging.INFO, "%s", message)
 
 
-def load_helper(path: str) -> ModuleType:
-    """The helper file as a module, loaded once per fail2ban-server process."""
-    with _MODULES_LOCK:
-        if path not in _MODULES:
-            name = f"f2bsql_helper_{len(_MODULES)}"
-            loader = importlib.machinery.SourceFileLoader(name, path)
-            spec = importlib.util.spec_from_loader(name, loader)
-            if spec is None:
-                raise ImportError(f"cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            loader.exec_module(module)
-            module.log = _log  # faults go to fail2ban's log, not a stderr nobody reads
-            _MODULES[path] = module
-        return _MODULES[path]
+def load_host_package(lib: str) -> dict[str, ModuleType]:
+    """The modules of f2bsql_host this action uses, imported once per fail2ban-server process."""
+    with _LOAD_LOCK:
+        if lib not in sys.path:
+            sys.path.insert(0, lib)
+        modules = {name: importlib.import_module(f"f2bsql_host.{name}") for name in _MODULES}
+        modules["report"].set_sink(_log)  # faults go to fail2ban's log, not a stderr nobody reads
+        return modules
+
+
+_MODULES = ("checks", "events", "report", "runner", "settings")
 
 
 class BannedDbAction(ActionBase):  # type: ignore[misc]
@@ -77,20 +71,22 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         self,
         port: str = "0:65535",
         protocol: str = "tcp",
-        helper: str = DEFAULT_HELPER,
+        lib: str = DEFAULT_LIB,
+        helper: str = "",  # earlier versions loaded the helper file; a jail that still says so works
         config: str | None = None,
         hostname: str | None = None,
         retry: str = "30",
     ) -> None:
-        module = load_helper(helper)
-        jail_name = module.check_jail(self._jail.name)
-        ports = module.check_ports(port)
-        protocols = module.check_protocol(protocol)
-        settings = module.load_settings(config, hostname)
-        runner = module.Runner(settings, retry_after_failure=float(retry), in_process=True)
+        host = load_host_package(lib)
+        checks = host["checks"]
+        jail_name = checks.check_jail(self._jail.name)
+        ports = checks.check_ports(port)
+        protocols = checks.check_protocol(protocol)
+        settings = host["settings"].load_settings(config, hostname)
+        runner = host["runner"].Runner(settings, retry_after_failure=float(retry), in_process=True)
         with self._lock:
             old, self._runner = self._runner, runner
-            self._helper, self._jail_name, self._port, self._protocol = module, jail_name, ports, protocols
+            self._host, self._jail_name, self._port, self._protocol = host, jail_name, ports, protocols
         if old is not None:
             old.close()
 
@@ -106,45 +102,49 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         if (self._port, self._protocol) != before:
             self.start()
 
-    def _event(self, op: str, **fields: Any) -> dict[str, Any]:
-        return {"op": op, "jail": self._jail_name, "hostname": self._runner.settings.hostname, **fields}
-
     def _record(self, make: Any) -> None:
+        """Record the event make() builds (from the options of the moment, under the lock)."""
         with self._lock:
             try:
                 self._runner.record(make())
-            except self._helper.HelperError as exc:
+            except self._host["report"].HelperError as exc:
                 # Not even spooled: say so loudly; fail2ban's own ban stands regardless.
                 self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
 
+    def _hostname(self) -> str:
+        return str(self._runner.settings.hostname)
+
     def start(self) -> None:
-        self._record(lambda: self._event("start", ports=self._port, protocol=self._protocol))
+        events = self._host["events"]
+        self._record(lambda: events.Start(self._jail_name, self._hostname(), self._port, self._protocol))
 
     def flush(self) -> bool:
         """Every ban of the jail is lifted at once (the jail stops, `unban --all`): one statement
         instead of one unban per address. True tells fail2ban not to unban them one by one."""
-        self._record(lambda: self._event("flush"))
+        events = self._host["events"]
+        self._record(lambda: events.Flush(self._jail_name, self._hostname()))
         return True
 
     def stop(self) -> None:
-        self._record(lambda: self._event("stop"))
+        events = self._host["events"]
+        self._record(lambda: events.Stop(self._jail_name, self._hostname()))
         with self._lock:
             self._runner.close()
 
     def ban(self, aInfo: Any) -> None:
-        helper = self._helper
+        checks = self._host["checks"]
         try:
-            event = helper.ban_event(
+            event = self._host["events"].ban_event(
                 self._runner.settings,
-                helper.check_ip(str(aInfo["ip"])),
+                checks.check_ip(str(aInfo["ip"])),
                 self._port,
                 self._protocol,
                 self._jail_name,
-                helper.check_failures(str(aInfo["ipjailfailures"])),
-                helper.encode_loglines([str(aInfo["ipjailmatches"])]),
-                helper.check_time(str(aInfo["time"])),
+                checks.check_failures(str(aInfo["ipjailfailures"])),
+                checks.encode_loglines([str(aInfo["ipjailmatches"])]),
+                checks.check_time(str(aInfo["time"])),
             )
-        except helper.UsageError as exc:
+        except checks.InvalidValue as exc:
             self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
             return
         self._record(lambda: event)
@@ -153,12 +153,18 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         self.ban(aInfo)
 
     def unban(self, aInfo: Any) -> None:
+        checks = self._host["checks"]
         try:
-            ip = self._helper.check_ip(str(aInfo["ip"]))
-        except self._helper.UsageError as exc:
+            ip = checks.check_ip(str(aInfo["ip"]))
+        except checks.InvalidValue as exc:
             self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
             return
-        self._record(lambda: self._event("unban", ips=[ip]))
+        events = self._host["events"]
+        try:
+            reason = events.unban_reason(float(aInfo["time"]), float(aInfo["bantime"]))
+        except (KeyError, TypeError, ValueError):  # a time it cannot read only costs the history its "expired"
+            reason = events.unban_reason(None, None)
+        self._record(lambda: events.Unban((ip,), self._hostname(), self._jail_name, reason))
 
 
 Action = BannedDbAction

@@ -10,12 +10,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from testbed import load_helper_module, write_private
+from testbed import host_module, write_private
 
 
 @pytest.fixture
 def helper_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = load_helper_module("f2bsql_helper_settings")
+    module = host_module("settings")
     (tmp_path / "root").mkdir()
     (tmp_path / "pghome").mkdir()
     monkeypatch.setattr(

@@ -178,3 +178,13 @@ def test_molecule_test_is_the_lock_owners_process_and_a_single_step_is_none(
     assert lock_files(tmp_path) == ("steps", "")
     done = lock_run("take", "next", pid=os.getpid())
     assert done.returncode != 0 and "held by steps" in done.stdout, done.stdout
+
+
+def test_ruff() -> None:
+    _run([str(BIN / "ruff"), "check", "."], timeout=300)
+    _run([str(BIN / "ruff"), "format", "--check", "."], timeout=300)
+
+
+def test_mypy() -> None:
+    # The installer and the host package (pyproject.toml's [tool.mypy] files), strict.
+    _run([str(BIN / "mypy")], timeout=600)

@@ -38,7 +38,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
-from testbed import BASE_ENV, DOVECOT_PORTS, HELPER, POSTFIX_PORTS, SYSTEM_PYTHON, Database, Host, record_figure
+from testbed import (
+    BASE_ENV,
+    DOVECOT_PORTS,
+    HELPER,
+    HOST_LIB,
+    POSTFIX_PORTS,
+    SYSTEM_PYTHON,
+    Database,
+    Host,
+    record_figure,
+)
 
 # Cases per backend; 2 backends x (STRUCTURED + CHAOS) >= 10 000 in-process, plus SUBPROCESS x 2
 # run both ways. F2BSQL_FUZZ_SCALE multiplies them for a longer run on a developer's machine.
@@ -78,13 +88,12 @@ LABELS = {
 
 # --------------------------------------------------------------------------- running the helper
 
-# Runs in the worker: the helper loaded as a module, main(argv) called per request line.
+# Runs in the worker: the helper's package imported (from the directory given), the main(argv)
+# the entry point runs called per request line.
 WORKER = r"""
-import contextlib, importlib.machinery, importlib.util, io, json, os, sys, traceback
-loader = importlib.machinery.SourceFileLoader("f2bsql_helper_under_test", sys.argv[1])
-spec = importlib.util.spec_from_loader(loader.name, loader)
-helper = importlib.util.module_from_spec(spec)
-loader.exec_module(helper)
+import contextlib, io, json, os, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import f2bsql_host.helper as helper
 reply = sys.stdout
 for line in sys.stdin:
     request = json.loads(line)
@@ -120,7 +129,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, "-c", WORKER, str(HELPER)],
+            [SYSTEM_PYTHON, "-c", WORKER, str(HOST_LIB)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=BASE_ENV,

@@ -49,7 +49,7 @@ from testbed import (
     PgsqlDatabase,
     Server,
     fixture_env,
-    load_helper_module,
+    host_module,
     record_figure,
     run_whole,
     wait_for,
@@ -380,11 +380,11 @@ def test_install_twice_uninstall_install_keeps_secrets_and_state(backend: str) -
 
         # Events in the spool: one waiting (the database was away), one the database refused for
         # good (set aside in rejected/). The uninstall keeps the spool, and says how many it holds.
-        helper = load_helper_module("f2bsql_helper_install_cycle")
-        settings = helper.load_settings(None, None)
-        spool = helper.Spool(SPOOL)
-        spool.put({"op": "start", "jail": "f2bt-waiting", "hostname": settings.hostname})
-        spool.put({"op": "start", "jail": "f2bt-refused", "hostname": settings.hostname}, rejected=True)
+        hostname = host_module("settings").load_settings(None, None).hostname
+        spool = host_module("spool").Spool(SPOOL)
+        start = host_module("events").Start
+        spool.put(start("f2bt-waiting", hostname))
+        spool.put(start("f2bt-refused", hostname), rejected=True)
         gone = timed("uninstall", path=REPO / "playbooks" / "uninstall.yml")
         assert b"f2bsql" not in Path("/usr/local/bin/fail2ban_banned_db").read_bytes(), "iRedMail's helper is not back"
         # fail2ban's stop, before the uninstall changes a file, may replay the waiting one (the

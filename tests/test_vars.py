@@ -131,7 +131,7 @@ def test_geoip_refresh_is_on_where_the_distro_has_no_data_the_helper_reads() -> 
 
 
 def test_refreshed_mmdb_is_the_first_path_the_helper_reads() -> None:
-    helper = (ROOT / "files" / "fail2ban_banned_db").read_text(encoding="utf-8")
+    helper = (ROOT / "files" / "f2bsql_host" / "geo.py").read_text(encoding="utf-8")
     first = re.search(r"^MMDB_PATHS = \(\s*\"([^\"]+)\"", helper, re.M)
     assert first is not None, "MMDB_PATHS not found in the helper"
     assert _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_geoip_mmdb"] == first.group(1)
@@ -140,13 +140,19 @@ def test_refreshed_mmdb_is_the_first_path_the_helper_reads() -> None:
 def test_driver_modules_cover_both_backends() -> None:
     modules = _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_driver_modules"]
     assert modules == {"mysql": "pymysql", "pgsql": "psycopg2"}
-    # The helper imports exactly these.
-    helper = (ROOT / "files" / "fail2ban_banned_db").read_text(encoding="utf-8")
-    assert all(f"import {module}" in helper for module in modules.values())
+    # The host package imports exactly these.
+    db = (ROOT / "files" / "f2bsql_host" / "db.py").read_text(encoding="utf-8")
+    assert all(f"import {module}" in db for module in modules.values())
 
 
-def test_python_action_default_helper_matches_banned_db_py() -> None:
-    action = (ROOT / "files" / "banned_db.py").read_text(encoding="utf-8")
-    default = re.search(r'^DEFAULT_HELPER = "([^"]+)"', action, re.M)
-    assert default is not None
-    assert _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_python_action_helper"] == default.group(1)
+def test_every_entry_point_looks_for_the_host_package_where_the_role_installs_it() -> None:
+    lib_dir = _load(FAIL2BAN_VARS / "main.yml")["__f2bsql_fail2ban_lib_dir"]
+    files = ROOT / "files"
+    found = {
+        "banned_db.py": re.findall(r'^DEFAULT_LIB = "([^"]+)"', (files / "banned_db.py").read_text(), re.M),
+        "fail2ban_banned_db": re.findall(
+            r'^sys\.path\.insert\(1, "([^"]+)"\)', (files / "fail2ban_banned_db").read_text(), re.M
+        ),
+        "f2bsql_host": re.findall(r'^LIB_DIR = "([^"]+)"', (files / "f2bsql_host" / "__init__.py").read_text(), re.M),
+    }
+    assert found == {name: [lib_dir] for name in found}

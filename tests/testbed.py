@@ -11,8 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import importlib.machinery
-import importlib.util
+import importlib
 import os
 import re
 import secrets
@@ -37,6 +36,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "files" / "fail2ban_banned_db"
+#: The admin CLI under test.
+ADMIN = REPO / "files" / "f2bsql"
+#: The directory that holds the host package, as /usr/local/lib/f2bsql does on a host.
+HOST_LIB = REPO / "files"
 PYTHON_ACTION = REPO / "files" / "banned_db.py"
 SQL_DIR = REPO / "files" / "sql"
 ACTION_TEMPLATE = REPO / "templates" / "banned_db.conf.j2"
@@ -462,14 +465,11 @@ def new_database(server: Server) -> Database:
 # --------------------------------------------------------------------------- the helper
 
 
-def load_helper_module(name: str) -> ModuleType:
-    """files/fail2ban_banned_db as the module it also is (it does nothing at import time)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(HELPER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+def host_module(name: str) -> ModuleType:
+    """A module of the host package, files/f2bsql_host itself (importing one does nothing else)."""
+    if str(HOST_LIB) not in sys.path:
+        sys.path.insert(0, str(HOST_LIB))
+    return importlib.import_module(f"f2bsql_host.{name}")
 
 
 @dataclasses.dataclass
@@ -518,6 +518,8 @@ class Host:
             # test asks for them.
             "geoip": "off",
             "rdns": "no",
+            # Never the machine's node_exporter directory; absent unless a test makes it.
+            "metrics_dir": str(self.home / "metrics"),
             **f2bsql,
         }
         lines = ["[client]", *(f"{key} = {value}" for key, value in client.items()), ""]
@@ -526,7 +528,14 @@ class Host:
 
     def run(self, *args: str | bytes, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
         """Run the helper under test with this host's config, as fail2ban and cron do."""
-        argv: list[str | bytes] = [SYSTEM_PYTHON, str(HELPER), "--config", str(self.config), *args]
+        return self._run(HELPER, args, env, timeout)
+
+    def admin(self, *args: str | bytes, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
+        """Run the admin CLI f2bsql under test with this host's config, as an admin on it does."""
+        return self._run(ADMIN, args, env, timeout)
+
+    def _run(self, program: Path, args: Sequence[str | bytes], env: dict[str, str] | None, timeout: float) -> Run:
+        argv: list[str | bytes] = [SYSTEM_PYTHON, str(program), "--config", str(self.config), *args]
         done = subprocess.run(argv, env={**BASE_ENV, **(env or {})}, capture_output=True, timeout=timeout, check=False)
         return Run(
             list(args),
@@ -593,7 +602,7 @@ datepattern = {NONE}
 # Python action inside fail2ban-server (loads the helper under test as a module).
 RECORD_ACTIONS = {
     "command": 'banned_db[name={jail}, port="{ports}", protocol=tcp]',
-    "python": 'banned_db.py[port="{ports}", protocol=tcp, helper=' + str(HELPER) + "]",
+    "python": 'banned_db.py[port="{ports}", protocol=tcp, lib=' + str(HOST_LIB) + "]",
 }
 
 JAIL_CONF = """\

@@ -48,6 +48,30 @@ CREATE TABLE IF NOT EXISTS jails (
     protocol VARCHAR(32) NOT NULL DEFAULT ''
 );
 
+-- Every ban that left banned (f2bsql's; iRedAdmin-Pro does not read it): what the row held, when
+-- the ban began and ended, and why it ended (docs/admin.md, "History"). The cron run of each host
+-- prunes its own rows after f2bsql_fail2ban_history_days. Databases made before it get it here.
+CREATE TABLE IF NOT EXISTS banned_history (
+    id BIGSERIAL PRIMARY KEY,
+    ip VARCHAR(46) NOT NULL DEFAULT '',
+    ports VARCHAR(255) NOT NULL DEFAULT '',
+    protocol VARCHAR(32) NOT NULL DEFAULT '',
+    jail VARCHAR(50) NOT NULL DEFAULT '',
+    hostname VARCHAR(255) NOT NULL DEFAULT '',
+    country VARCHAR(255) NOT NULL DEFAULT '',
+    rdns VARCHAR(255) NOT NULL DEFAULT '',
+    failures INTEGER NOT NULL DEFAULT 0,
+    loglines TEXT,
+    -- naive UTC, as banned.timestamp
+    banned_at TIMESTAMP WITHOUT TIME ZONE NOT NULL,
+    ended_at TIMESTAMP WITHOUT TIME ZONE NOT NULL,
+    -- unbanned, expired, removed (a panel), stopped (the jail), synced, gone (the jail is gone)
+    reason VARCHAR(16) NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS idx_banned_history_ip ON banned_history (ip);
+CREATE INDEX IF NOT EXISTS idx_banned_history_hostname_ended ON banned_history (hostname, ended_at);
+CREATE INDEX IF NOT EXISTS idx_banned_history_ended ON banned_history (ended_at);
+
 -- Upgrades.
 
 -- iRedMail <= 1.6 stored the country in 50 characters.

@@ -19,7 +19,7 @@ description:
     such an action, as iRedMail (since 1.2) and the how-to put one in every jail file. Such a
     jail gets its own actions back without it (C(restated)), so that it ends with exactly one.
   - Ports and protocol are checked with the helper's own rules (module_utils
-    f2bsql_helper_rules is files/fail2ban_banned_db itself).
+    f2bsql_helper_rules is files/f2bsql_host/checks.py itself).
   - Fails when a jail named in I(jails) is not an enabled jail.
 version_added: "0.1.0"
 options:
@@ -210,8 +210,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    # The helper's own rules (this module_utils file is files/fail2ban_banned_db).
-    from ansible.module_utils.f2bsql_helper_rules import UsageError, check_ports, check_protocol
+    # The helper's own rules (this module_utils file is files/f2bsql_host/checks.py).
+    from ansible.module_utils.f2bsql_helper_rules import InvalidValue, check_ports, check_protocol
 
     p = module.params
     client = module.get_bin_path(p["client"], required=not p["missing_ok"])
@@ -248,7 +248,7 @@ def main():
         protocol = str(params.get("protocol") or p["default_protocol"])
         try:
             port, protocol = check_ports(port), check_protocol(protocol)
-        except UsageError as exc:
+        except InvalidValue as exc:
             module.fail_json(
                 msg="jail %s: action %s has port %r / protocol %r, which the helper cannot store (%s);"
                 " name the jail in f2bsql_fail2ban_jails only once its action is fixed"

@@ -1,1 +1,1 @@
-../../../files/fail2ban_banned_db
+../../../files/f2bsql_host/checks.py

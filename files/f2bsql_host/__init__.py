@@ -1,0 +1,24 @@
+"""f2bsql's code on a fail2ban host: the helper, the Python action's work and the admin CLI.
+
+Installed by the role f2bsql_fail2ban in /usr/local/lib/f2bsql (LIB_DIR), beside nothing else;
+the entry points /usr/local/bin/fail2ban_banned_db, /usr/local/bin/f2bsql and fail2ban's
+action.d/banned_db.py import it from there. Runs on the distro's python3 (3.9 or later) with
+the standard library and the one database driver the backend needs, imported only when a
+connection is made. Importing any module does nothing else.
+
+    report    exit codes, errors, log lines
+    checks    what a jail, address, port list, protocol, count or time may be (also the role's)
+    settings  where the database is and who this host is
+    geo, rdns country and reverse DNS of an address
+    db        every SQL statement, one connection
+    events    the typed events, and their JSON form in the spool
+    spool     events kept on disk while the database is away
+    fail2ban  fail2ban's live bans and its own record of them
+    runner    record an event or spool it; the cron run (unban_db, sync)
+    command   what both command lines share (usage errors, one run)
+    helper    the fail2ban_banned_db command line
+    admin     the f2bsql admin CLI
+    metrics   the figures for Prometheus
+"""
+
+LIB_DIR = "/usr/local/lib/f2bsql"

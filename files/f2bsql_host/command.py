@@ -1,0 +1,66 @@
+"""What both command lines (fail2ban_banned_db, f2bsql) share: usage errors, and one run of a command.
+
+A bad argument, a refused value or any HelperError ends the run with one line on stderr (and
+syslog) and the exit code docs/helper.md and docs/admin.md list; -v shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any, Callable, Protocol
+
+from .checks import InvalidValue
+from .report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HelperError, UsageError, log, set_program
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as UsageError (exit 2, one line) instead of a usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def parsers(program: str, description: str, hostname_help: str) -> tuple[Parser, Any]:
+    """The parser with the options both command lines have, and its subcommands to add to."""
+    parser = Parser(prog=program, description=description)
+    parser.add_argument("--config", help="settings file (default: $F2BSQL_CONFIG, then the helper's usual places)")
+    parser.add_argument("--hostname", help=hostname_help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def run(
+    program: str,
+    parser: argparse.ArgumentParser,
+    argv: Iterable[str] | None,
+    context: Callable[[argparse.Namespace], Closable],
+) -> int:
+    """Parse argv, make the command's context from the arguments, run args.func(context, args)."""
+    set_program(program)
+    verbose = False
+    made: Closable | None = None
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+        verbose = args.verbose
+        made = context(args)
+        func: Callable[[Any, argparse.Namespace], int] = args.func
+        return int(func(made, args))
+    except (HelperError, InvalidValue) as exc:
+        if verbose:
+            raise
+        # Always on stderr: a refused argument means a ban went unrecorded, and the docs promise the
+        # caller (fail2ban's log, cron's mail, a shell) the one-line reason.
+        log(str(exc), error=True)
+        return exc.exit_code if isinstance(exc, HelperError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except BrokenPipeError:  # `f2bsql bans | head`: the reader had enough
+        return EXIT_OK
+    finally:
+        if made is not None:
+            made.close()

@@ -1,0 +1,505 @@
+"""The database: one copy of every statement, for MySQL/MariaDB and PostgreSQL, and one connection.
+
+The driver (PyMySQL or psycopg2) is imported only when a connection is made, and only the one
+the backend needs. Every failure becomes DatabaseUnavailable (try again later: the event is
+spooled) or EventRejected (the server refused the event itself: it is set aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import os
+import select
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .report import DatabaseUnavailable, EventRejected, HelperError, reason
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .events import BanRow
+
+MYSQL_SOCKETS = (
+    "/run/mysqld/mysqld.sock",  # Debian, Ubuntu
+    "/var/lib/mysql/mysql.sock",  # RHEL family
+    "/var/run/mysql/mysql.sock",  # OpenBSD
+    "/tmp/mysql.sock",  # noqa: S108 -- FreeBSD puts the server socket there
+)
+BATCH = 500  # rows per DELETE ... IN (...) and addresses per fail2ban-client call
+APPLICATION = "fail2ban_banned_db"  # PostgreSQL's application_name: who holds a connection
+
+# Bans per jail, host or country that began since a time, current and ended, and the addresses
+# banned most often (f2bsql stats); q is the backend's identifier quote. UNION, not UNION ALL: a ban
+# fail2ban restored after a restart has the same start as the history row its stop left.
+_BEGAN = (
+    "(SELECT {q}ip{q}, {q}jail{q}, {q}hostname{q}, {q}country{q}, {q}failures{q}, {q}timestamp{q} AS {q}began{q}"
+    " FROM {q}banned{q} WHERE {q}timestamp{q} >= %s"
+    " UNION SELECT {q}ip{q}, {q}jail{q}, {q}hostname{q}, {q}country{q}, {q}failures{q}, {q}banned_at{q}"
+    " FROM {q}banned_history{q} WHERE {q}banned_at{q} >= %s) AS {q}began_since{q}"
+)
+_COUNT_BY = (
+    "SELECT {column}, COUNT(*), COUNT(DISTINCT {q}ip{q}) FROM {began}"
+    " GROUP BY {column} ORDER BY COUNT(*) DESC, {column}"
+)
+_TOP = (
+    "SELECT {q}ip{q}, COUNT(*), SUM({q}failures{q}), COUNT(DISTINCT {q}hostname{q}), MAX({q}began{q})"
+    " FROM {began} GROUP BY {q}ip{q} ORDER BY COUNT(*) DESC, SUM({q}failures{q}) DESC, {q}ip{q} LIMIT %s"
+)
+
+
+def _stats(q: str) -> dict[str, str]:
+    """The statements of f2bsql stats, for a backend whose identifiers are quoted with q."""
+    began = _BEGAN.format(q=q)
+    return {
+        **{f"count_by_{name}": _COUNT_BY.format(column=f"{q}{name}{q}", began=began, q=q)
+           for name in ("jail", "hostname", "country")},
+        "top_addresses": _TOP.format(began=began, q=q),
+    }  # fmt: skip
+
+
+# The one copy of every statement. Identifiers are constants; values are always parameters.
+SQL: dict[str, dict[str, str]] = {
+    "mysql": {
+        "ban": (
+            "INSERT INTO `banned` (`ip`, `ports`, `protocol`, `jail`, `hostname`, `country`,"
+            " `rdns`, `failures`, `loglines`, `timestamp`, `remove`)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
+            " ON DUPLICATE KEY UPDATE `id` = `id`"
+        ),
+        # A start without ports (an older event, or iRedMail's action line) keeps the known ones.
+        "start": (
+            "INSERT INTO `jails` (`name`, `hostname`, `enabled`, `ports`, `protocol`) VALUES (%s, %s, 1, %s, %s)"
+            " ON DUPLICATE KEY UPDATE `enabled` = 1,"
+            " `ports` = COALESCE(NULLIF(VALUES(`ports`), ''), `ports`),"
+            " `protocol` = COALESCE(NULLIF(VALUES(`protocol`), ''), `protocol`)"
+        ),
+        # A row a panel marked remove = 1 goes only through unban_db, once fail2ban has lifted the ban
+        # (or no longer runs the jail). Stopping fail2ban unbans every address and deletes the rows;
+        # a pending removal deleted with them would be lost when fail2ban restores the ban at start.
+        # Rows leave `banned` only through history_move, with one of these conditions ({cond}).
+        "stop_banned": "`jail` = %s AND `hostname` = %s AND `remove` = 0",
+        "stop_jail": "DELETE FROM `jails` WHERE `name` = %s AND `hostname` = %s",
+        "host_rows": "SELECT `id`, `jail`, `ip`, `remove` FROM `banned` WHERE `hostname` = %s",
+        "host_jails": "SELECT `name`, `ports`, `protocol` FROM `jails` WHERE `hostname` = %s",
+        "unban": "`hostname` = %s AND `remove` = 0 AND `ip` IN ({marks})",
+        "unban_jail": "`hostname` = %s AND `jail` = %s AND `remove` = 0 AND `ip` IN ({marks})",
+        "pending": ("SELECT `id`, `jail`, `ip` FROM `banned` WHERE `hostname` = %s AND `remove` = 1 ORDER BY `id`"),
+        "delete_ids": "`id` IN ({marks})",
+        # MySQL has no DELETE ... RETURNING to feed an INSERT: the rows are locked, copied, deleted
+        # in one transaction.
+        "history_lock": "SELECT `id` FROM `banned` WHERE {cond} FOR UPDATE",
+        "history_copy": (
+            "INSERT INTO `banned_history` (`ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`,"
+            " `failures`, `loglines`, `banned_at`, `ended_at`, `reason`)"
+            " SELECT `ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`, `failures`, `loglines`,"
+            " `timestamp`, %s, %s FROM `banned` WHERE `id` IN ({marks})"
+        ),
+        "history_delete": "DELETE FROM `banned` WHERE `id` IN ({marks})",
+        "history_prune": "DELETE FROM `banned_history` WHERE `hostname` = %s AND `ended_at` < %s LIMIT %s",
+        "history": (
+            "SELECT `ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`, `failures`, `loglines`,"
+            " `banned_at`, `ended_at`, `reason` FROM `banned_history` WHERE `ip` = %s"
+            " ORDER BY `ended_at` DESC, `id` DESC LIMIT %s"
+        ),
+        "rdns_todo": (
+            "SELECT `id`, `ip` FROM `banned` WHERE `hostname` = %s AND `rdns_checked` = 0 ORDER BY `id` LIMIT %s"
+        ),
+        "rdns_set": "UPDATE `banned` SET `rdns` = %s, `rdns_checked` = 1 WHERE `id` = %s",
+        # The admin CLI (f2bsql). {where} is made of FILTERS only.
+        "bans": (
+            "SELECT `ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`, `failures`, `loglines`,"
+            " `id`, `timestamp`, `remove` FROM `banned`{where} ORDER BY `timestamp` DESC, `id` DESC"
+        ),
+        "jail_names": "SELECT `name` FROM `jails` UNION SELECT `jail` FROM `banned`",
+        "mark_remove": "UPDATE `banned` SET `remove` = 1 WHERE `id` IN ({marks}) AND `remove` = 0",
+        **_stats("`"),
+    },
+    "pgsql": {
+        "ban": (
+            "INSERT INTO banned (ip, ports, protocol, jail, hostname, country,"
+            " rdns, failures, loglines, timestamp, remove)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
+            " ON CONFLICT (ip, ports, protocol, jail, hostname) DO NOTHING"
+        ),
+        "start": (
+            "INSERT INTO jails (name, hostname, enabled, ports, protocol) VALUES (%s, %s, 1, %s, %s)"
+            " ON CONFLICT (name, hostname) DO UPDATE SET enabled = 1,"
+            " ports = COALESCE(NULLIF(EXCLUDED.ports, ''), jails.ports),"
+            " protocol = COALESCE(NULLIF(EXCLUDED.protocol, ''), jails.protocol)"
+        ),
+        "stop_banned": "jail = %s AND hostname = %s AND remove = 0",
+        "stop_jail": "DELETE FROM jails WHERE name = %s AND hostname = %s",
+        "host_rows": "SELECT id, jail, ip, remove FROM banned WHERE hostname = %s",
+        "host_jails": "SELECT name, ports, protocol FROM jails WHERE hostname = %s",
+        "unban": "hostname = %s AND remove = 0 AND ip IN ({marks})",
+        "unban_jail": "hostname = %s AND jail = %s AND remove = 0 AND ip IN ({marks})",
+        "pending": "SELECT id, jail, ip FROM banned WHERE hostname = %s AND remove = 1 ORDER BY id",
+        "delete_ids": "id IN ({marks})",
+        # One statement: what the DELETE returns is what goes into the history.
+        "history_move": (
+            "WITH gone AS (DELETE FROM banned WHERE {cond} RETURNING ip, ports, protocol, jail, hostname,"
+            " country, rdns, failures, loglines, timestamp)"
+            " INSERT INTO banned_history (ip, ports, protocol, jail, hostname, country, rdns, failures, loglines,"
+            " banned_at, ended_at, reason)"
+            " SELECT ip, ports, protocol, jail, hostname, country, rdns, failures, loglines, timestamp, %s, %s"
+            " FROM gone"
+        ),
+        "history_prune": (
+            "DELETE FROM banned_history WHERE id IN"
+            " (SELECT id FROM banned_history WHERE hostname = %s AND ended_at < %s LIMIT %s)"
+        ),
+        "history": (
+            "SELECT ip, ports, protocol, jail, hostname, country, rdns, failures, loglines,"
+            " banned_at, ended_at, reason FROM banned_history WHERE ip = %s"
+            " ORDER BY ended_at DESC, id DESC LIMIT %s"
+        ),
+        "rdns_todo": "SELECT id, ip FROM banned WHERE hostname = %s AND rdns_checked = 0 ORDER BY id LIMIT %s",
+        "rdns_set": "UPDATE banned SET rdns = %s, rdns_checked = 1 WHERE id = %s",
+        "bans": (
+            "SELECT ip, ports, protocol, jail, hostname, country, rdns, failures, loglines,"
+            " id, timestamp, remove FROM banned{where} ORDER BY timestamp DESC, id DESC"
+        ),
+        "jail_names": "SELECT name FROM jails UNION SELECT jail FROM banned",
+        "mark_remove": "UPDATE banned SET remove = 1 WHERE id IN ({marks}) AND remove = 0",
+        **_stats(""),
+    },
+}
+
+
+# The conditions `bans` may be narrowed by, joined with AND into its {where}.
+FILTERS: dict[str, dict[str, str]] = {
+    "mysql": {"hostname": "`hostname` = %s", "jail": "`jail` = %s", "ip": "`ip` = %s", "since": "`timestamp` >= %s"},
+    "pgsql": {"hostname": "hostname = %s", "jail": "jail = %s", "ip": "ip = %s", "since": "timestamp >= %s"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BanFields:
+    """What a row of `banned` says of a ban, as inserted, read back and kept in `banned_history`."""
+
+    ip: str
+    ports: str
+    protocol: str
+    jail: str
+    hostname: str
+    country: str
+    rdns: str
+    failures: int
+    loglines: str  # base64, as iRedMail's helper stored it
+
+
+def _fields(values: Sequence[Any]) -> dict[str, Any]:
+    """The BanFields of a row read in their order (a panel's row may hold NULLs)."""
+    ip, ports, protocol, jail, hostname, country, rdns, failures, loglines = values
+    return {
+        "ip": str(ip), "ports": str(ports or ""), "protocol": str(protocol or ""), "jail": str(jail),
+        "hostname": str(hostname), "country": str(country or ""), "rdns": str(rdns or ""),
+        "failures": int(failures or 0), "loglines": str(loglines or ""),
+    }  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBan(BanFields):
+    """A row of `banned` as the admin CLI reads it."""
+
+    id: int
+    timestamp: datetime.datetime  # naive UTC
+    remove: bool
+
+
+# Why a ban left `banned` (banned_history.reason).
+UNBANNED = "unbanned"  # fail2ban unbanned it before its time (fail2ban-client unbanip, a reload)
+EXPIRED = "expired"  # its bantime ran out
+REMOVED = "removed"  # a panel (or f2bsql unban) marked it and unban_db lifted it
+STOPPED = "stopped"  # the jail stopped, or fail2ban lifted all its bans at once (unban --all)
+SYNCED = "synced"  # sync found that fail2ban no longer held it (an unban event was lost)
+GONE = "gone"  # the jail no longer runs on the host
+
+
+@dataclasses.dataclass(frozen=True)
+class EndedBan(BanFields):
+    """A row of `banned_history`."""
+
+    banned_at: datetime.datetime  # naive UTC
+    ended_at: datetime.datetime
+    reason: str
+
+
+def _marks(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def chunks(items: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# Statement failures that say nothing about the event: the server is away, busy or read-only for a
+# moment (1047: a Galera node not ready yet). Anything else the server answers to a statement
+# (unknown column or table, missing privilege, constraint, bad value) refuses this event for good:
+# it is set aside, not retried.
+MYSQL_TRANSIENT = frozenset({
+    1021, 1040, 1041, 1047, 1053, 1114, 1203, 1205, 1213, 1226, 1290, 1317, 1792, 1836, 1927, 1969, 3024, 4031,
+})  # fmt: skip
+# PostgreSQL SQLSTATE classes and codes of the same kind: connection, rollback (serialization,
+# deadlock), resources, lock not available, operator intervention (timeouts), system, internal,
+# read-only transaction (a standby).
+PGSQL_TRANSIENT = ("08", "40", "53", "55P03", "57", "58", "XX", "25006")
+
+
+def _transient(backend: str, exc: BaseException) -> bool:
+    if backend == "mysql":
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        # 0: the driver's own (connection gone); 2000-2999: client errors (lost, cannot connect).
+        return code == 0 or 2000 <= code < 3000 or code in MYSQL_TRANSIENT
+    state = getattr(exc, "pgcode", None) or ""
+    return not state or state.startswith(PGSQL_TRANSIENT)
+
+
+class Database:
+    """One autocommit connection; every failure becomes DatabaseUnavailable or EventRejected."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sql = SQL[settings.backend]
+        self._conn: Any = None
+        self._errors: tuple[type[BaseException], ...] = ()
+
+    def connect(self) -> Database:
+        s = self.settings
+        try:
+            if s.backend == "mysql":
+                import pymysql  # type: ignore[import-untyped]
+
+                self._errors = (pymysql.err.MySQLError,)
+                kwargs: dict[str, Any] = {
+                    "user": s.user,
+                    "password": s.password or "",
+                    "database": s.database,
+                    "charset": "utf8mb4",
+                    "autocommit": True,
+                    "connect_timeout": s.timeout,
+                    "read_timeout": s.timeout * 2,
+                    "write_timeout": s.timeout * 2,
+                    # Give up on a row lock well before fail2ban's own action timeout.
+                    "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(s.timeout)}",
+                }
+                # As the mysql client does: "localhost" or no host means the unix socket.
+                unix_socket = s.socket or (mysql_socket() if s.host in ("", "localhost") else "")
+                if unix_socket:
+                    kwargs["unix_socket"] = unix_socket
+                else:
+                    kwargs.update(host=s.host or "127.0.0.1", port=s.port or 3306)
+                self._conn = pymysql.connect(**kwargs)
+            else:
+                import psycopg2  # type: ignore[import-untyped]
+
+                self._errors = (psycopg2.Error,)
+                kwargs = {
+                    "dbname": s.database,
+                    "user": s.user,
+                    "connect_timeout": s.timeout,
+                    "application_name": APPLICATION,
+                    "options": f"-c lock_timeout={s.timeout * 1000} -c statement_timeout={s.timeout * 2000}",
+                }
+                if s.password is not None:
+                    kwargs["password"] = s.password
+                if s.host or s.socket:
+                    kwargs["host"] = s.host or s.socket
+                if s.port:
+                    kwargs["port"] = s.port
+                # libpq waits for an answer for ever: a server that hangs with the connection open
+                # (stopped, swapping, its disk stuck) would hold the caller, and fail2ban's jail with
+                # the Python action, for good. Wait as PyMySQL's read timeout does, then give up.
+                psycopg2.extensions.set_wait_callback(functools.partial(_pg_wait, s.timeout * 2))
+                self._conn = psycopg2.connect(**kwargs)
+                self._conn.autocommit = True
+        except ImportError as exc:
+            driver = "PyMySQL (python3-pymysql)" if s.backend == "mysql" else "psycopg2 (python3-psycopg2)"
+            raise HelperError(f"{driver} is not importable by {sys.executable}: {exc}") from None
+        except self._errors as exc:
+            # Whatever goes wrong at login (a wrong password included) is the host's setup, not the
+            # event's: the event waits in the spool until the setup is fixed.
+            raise DatabaseUnavailable(f"cannot connect to the {s.backend} database: {reason(exc)}") from None
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Database:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute(
+        self,
+        name: str,
+        params: Sequence[Any],
+        *,
+        count: int = 0,
+        fetch: bool = False,
+        where: Sequence[str] = (),
+        cond: str = "",
+    ) -> Any:
+        """Run statement `name`: {marks} holds `count` parameters, {where} the FILTERS named, and
+        {cond} the condition statement `cond` (with its own {marks})."""
+        statement = self.sql[name]
+        if "{" in statement:
+            clauses = " AND ".join(FILTERS[self.settings.backend][key] for key in where)
+            statement = statement.format(
+                marks=_marks(count),
+                where=f" WHERE {clauses}" if clauses else "",
+                cond=self.sql[cond].format(marks=_marks(count)) if cond else "",
+            )
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(statement, tuple(params))
+                return cursor.fetchall() if fetch else cursor.rowcount
+        except self._errors as exc:
+            if _transient(self.settings.backend, exc):
+                raise DatabaseUnavailable(f"{name} failed: {reason(exc)}") from None
+            raise EventRejected(f"the database refused {name}: {reason(exc)}") from None
+
+    # The operations. Each is safe to repeat, which makes replaying the spool safe.
+
+    def ban(self, row: BanRow) -> None:
+        self.execute(
+            "ban",
+            (
+                row.ip, row.ports, row.protocol, row.jail, row.hostname, row.country, row.rdns,
+                row.failures, row.loglines, datetime.datetime.strptime(row.timestamp, "%Y-%m-%d %H:%M:%S"),
+            ),
+        )  # fmt: skip
+
+    def start(self, jail: str, hostname: str, ports: str = "", protocol: str = "") -> None:
+        self.execute("start", (jail, hostname, ports, protocol))
+
+    def flush(self, jail: str, hostname: str) -> int:
+        """fail2ban lifted every ban of the jail at once (it stops, or `unban --all`)."""
+        return self.end_bans("stop_banned", (jail, hostname), STOPPED)
+
+    def stop(self, jail: str, hostname: str) -> int:
+        removed = self.flush(jail, hostname)
+        self.execute("stop_jail", (jail, hostname))
+        return removed
+
+    def host_rows(self, hostname: str) -> list[tuple[int, str, str, int]]:
+        """(id, jail, ip, remove) of every row of this host."""
+        rows = self.execute("host_rows", (hostname,), fetch=True)
+        return [(int(i), str(j), str(a), int(r)) for i, j, a, r in rows]
+
+    def host_jails(self, hostname: str) -> dict[str, tuple[str, str]]:
+        """The jails that record on this host (their banned_db started): name -> (ports, protocol)."""
+        return {str(n): (str(p or ""), str(r or "")) for n, p, r in self.execute("host_jails", (hostname,), fetch=True)}
+
+    def unban(self, ips: Sequence[str], hostname: str, jail: str | None, reason: str = UNBANNED) -> int:
+        removed = 0
+        for chunk in chunks(ips):
+            if jail:
+                removed += self.end_bans("unban_jail", (hostname, jail, *chunk), reason, count=len(chunk))
+            else:
+                removed += self.end_bans("unban", (hostname, *chunk), reason, count=len(chunk))
+        return removed
+
+    def pending(self, hostname: str) -> list[tuple[int, str, str]]:
+        return [(int(i), str(j), str(a)) for i, j, a in self.execute("pending", (hostname,), fetch=True)]
+
+    def rdns_todo(self, hostname: str, limit: int) -> list[tuple[int, str]]:
+        return [(int(i), str(a)) for i, a in self.execute("rdns_todo", (hostname, limit), fetch=True)]
+
+    def rdns_set(self, row_id: int, name: str) -> None:
+        self.execute("rdns_set", (name, row_id))
+
+    def bans(self, **filters: Any) -> list[StoredBan]:
+        """Rows of `banned`, newest first, narrowed by FILTERS (hostname, jail, ip, since) not None."""
+        keys = [key for key in FILTERS[self.settings.backend] if filters.get(key) is not None]
+        rows = self.execute("bans", [filters[key] for key in keys], fetch=True, where=keys)
+        return [StoredBan(**_fields(row[:9]), id=int(row[9]), timestamp=row[10], remove=bool(row[11])) for row in rows]
+
+    def jail_names(self) -> set[str]:
+        """Every jail a host recorded with, or that holds a row."""
+        return {str(name) for (name,) in self.execute("jail_names", (), fetch=True)}
+
+    def mark_remove(self, ids: Sequence[int]) -> int:
+        """Set remove = 1 on these rows, as a web panel does: their hosts lift the bans."""
+        marked = 0
+        for chunk in chunks(ids):
+            marked += int(self.execute("mark_remove", chunk, count=len(chunk)))
+        return marked
+
+    def count_by(self, column: str, since: datetime.datetime) -> list[tuple[str, int, int]]:
+        """(value, bans, addresses) per jail, hostname or country of bans begun since, most bans first."""
+        rows = self.execute(f"count_by_{column}", (since, since), fetch=True)
+        return [(str(value or ""), int(bans), int(addresses)) for value, bans, addresses in rows]
+
+    def top_addresses(self, since: datetime.datetime, limit: int) -> list[tuple[str, int, int, int, datetime.datetime]]:
+        """(ip, bans, failures, hosts, latest ban) of the addresses banned most often."""
+        rows = self.execute("top_addresses", (since, since, limit), fetch=True)
+        return [(str(ip), int(n), int(f or 0), int(h), t) for ip, n, f, h, t in rows]
+
+    def delete_ids(self, ids: Sequence[int], reason: str) -> int:
+        removed = 0
+        for chunk in chunks(ids):
+            removed += self.end_bans("delete_ids", chunk, reason, count=len(chunk))
+        return removed
+
+    def end_bans(self, cond: str, params: Sequence[Any], reason: str, *, count: int = 0) -> int:
+        """Move the rows that match condition `cond` from `banned` to `banned_history`; how many."""
+        ended = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+        if self.settings.backend == "pgsql":
+            return int(self.execute("history_move", (*params, ended, reason), count=count, cond=cond))
+        try:
+            self._conn.begin()
+            locked = self.execute("history_lock", params, count=count, fetch=True, cond=cond)
+            ids = [int(row_id) for (row_id,) in locked]
+            for chunk in chunks(ids):
+                self.execute("history_copy", (ended, reason, *chunk), count=len(chunk))
+                self.execute("history_delete", chunk, count=len(chunk))
+            self._conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._conn.rollback()
+            raise
+        return len(ids)
+
+    def prune_history(self, hostname: str, before: datetime.datetime, limit: int) -> int:
+        """Forget this host's history rows of bans that ended before `before` (at most `limit`)."""
+        return int(self.execute("history_prune", (hostname, before, limit)))
+
+    def history(self, ip: str, limit: int) -> list[EndedBan]:
+        rows = self.execute("history", (ip, limit), fetch=True)
+        return [EndedBan(**_fields(row[:9]), banned_at=row[9], ended_at=row[10], reason=str(row[11])) for row in rows]
+
+
+def _pg_wait(limit: float, conn: Any) -> None:
+    """psycopg2's wait callback (connect and every statement), giving up after `limit` seconds."""
+    import psycopg2
+    import psycopg2.extensions  # type: ignore[import-untyped]
+
+    deadline = time.monotonic() + limit
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            raise psycopg2.OperationalError(f"no answer from the database within {limit:g} s")
+
+
+def mysql_socket() -> str:
+    """The local server's socket where the distros put it, or '' to use TCP."""
+    for path in MYSQL_SOCKETS:
+        if os.path.exists(path):
+            return path
+    return ""

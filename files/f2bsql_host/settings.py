@@ -1,0 +1,238 @@
+"""Where the database is and who this host is: the helper's settings and where they come from.
+
+Found where iRedMail's helper looked (/root/.my.cnf-fail2ban, /root/.my.cnf, .pgpass in the
+PostgreSQL home), or in the file --config / $F2BSQL_CONFIG names (docs/helper.md, "Settings").
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from socket import gethostname
+from typing import Optional
+
+from .checks import check_hostname
+from .report import ConfigError
+
+MYSQL_CREDENTIAL_FILES = ("/root/.my.cnf-fail2ban", "/root/.my.cnf")
+PGSQL_HOMES = ("/var/lib/pgsql", "/var/lib/postgresql", "/var/db/postgres", "/var/postgresql")
+DEFAULT_SPOOL_DIR = "/var/spool/f2bsql"
+GEOIP_BACKENDS = ("mmdb", "libloc", "geoiplookup")
+DEFAULT_DATABASE = "fail2ban"
+DEFAULT_USER = "fail2ban"
+DEFAULT_TIMEOUT = 5
+# Seconds an event's own run may spend replaying the spool before it stores (or spools) its event,
+# well inside fail2ban's 60 s action timeout; settings key replay_budget. Cron's run, which has a
+# minute, takes longer; `replay` run by hand takes as long as it needs.
+DEFAULT_REPLAY_BUDGET = 10
+DEFAULT_HISTORY_DAYS = 90
+DEFAULT_METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
+
+
+@dataclasses.dataclass
+class Settings:
+    """Where the database is, who this host is, and where the spool lives."""
+
+    source: str
+    backend: str = "mysql"  # mysql or pgsql
+    host: str = ""
+    port: int = 0
+    socket: str = ""
+    user: str = DEFAULT_USER
+    password: Optional[str] = dataclasses.field(default=None, repr=False)  # never shown
+    database: str = DEFAULT_DATABASE
+    hostname: str = dataclasses.field(default_factory=gethostname)
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    fail2ban_socket: str = ""
+    timeout: int = DEFAULT_TIMEOUT
+    geoip: tuple[str, ...] = GEOIP_BACKENDS
+    mmdb: str = ""
+    rdns: bool = True
+    rdns_budget: int = 20
+    replay_budget: int = DEFAULT_REPLAY_BUDGET
+    # Days the cron run keeps this host's rows of banned_history (0: for ever).
+    history_days: int = DEFAULT_HISTORY_DAYS
+    # Where the cron run writes its metrics for node_exporter's textfile collector ('' = nowhere).
+    metrics_dir: str = DEFAULT_METRICS_DIR
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _read_ini(path: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            # MySQL option files may carry !include lines, which configparser cannot read.
+            text = "".join(line for line in handle if not line.lstrip().startswith("!"))
+        parser.read_string(text, source=path)
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parser
+
+
+def _ini_value(parser: configparser.RawConfigParser, section: str, key: str) -> str | None:
+    if not parser.has_section(section) or not parser.has_option(section, key):
+        return None
+    value = parser.get(section, key)
+    return None if value is None else _unquote(value)
+
+
+def _port(value: str, source: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"{source}: invalid port {value!r}")
+    return int(value)
+
+
+def settings_from_ini(path: str) -> Settings:
+    parser = _read_ini(path)
+    settings = Settings(path)
+    backend = _ini_value(parser, "f2bsql", "backend")
+    if backend:
+        if backend not in ("mysql", "pgsql"):
+            raise ConfigError(f"{path}: backend must be mysql or pgsql, not {backend!r}")
+        settings.backend = backend
+    settings.host = _ini_value(parser, "client", "host") or ""
+    settings.socket = _ini_value(parser, "client", "socket") or ""
+    port = _ini_value(parser, "client", "port")
+    if port:
+        settings.port = _port(port, path)
+    settings.user = _ini_value(parser, "client", "user") or DEFAULT_USER
+    settings.password = _ini_value(parser, "client", "password")
+    settings.database = _ini_value(parser, "client", "database") or DEFAULT_DATABASE
+    for key in ("hostname", "spool_dir", "fail2ban_socket", "metrics_dir"):
+        value = _ini_value(parser, "f2bsql", key)
+        if value:
+            setattr(settings, key, "" if key == "metrics_dir" and value == "off" else value)
+    history_days = _ini_value(parser, "f2bsql", "history_days")
+    if history_days:
+        if not history_days.isdigit():
+            raise ConfigError(f"{path}: history_days must be a whole number of days (0: for ever)")
+        settings.history_days = int(history_days)
+    for key in ("timeout", "rdns_budget", "replay_budget"):
+        value = _ini_value(parser, "f2bsql", key)
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"{path}: {key} must be a whole number of seconds")
+            setattr(settings, key, int(value))
+    geoip = _ini_value(parser, "f2bsql", "geoip")
+    if geoip:
+        names = tuple(name.strip() for name in geoip.split(",") if name.strip())
+        if names in (("off",), ("no",), ("false",)):
+            names = ()
+        elif names != ("auto",) and not set(names) <= set(GEOIP_BACKENDS):
+            raise ConfigError(f"{path}: geoip must be auto, off or some of {', '.join(GEOIP_BACKENDS)}")
+        settings.geoip = GEOIP_BACKENDS if names == ("auto",) else names
+    settings.mmdb = _ini_value(parser, "f2bsql", "mmdb") or ""
+    rdns = _ini_value(parser, "f2bsql", "rdns")
+    if rdns:
+        if rdns.lower() not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+            raise ConfigError(f"{path}: rdns must be yes or no")
+        settings.rdns = rdns.lower() in ("yes", "true", "on", "1")
+    if settings.backend == "pgsql" and settings.password is None:
+        found = find_pgpass()
+        if found:
+            entry = pgpass_entry(found, settings.user)
+            if entry:
+                settings.password = entry[4]
+    return settings
+
+
+def _split_pgpass_line(line: str) -> list[str]:
+    """Fields of one .pgpass line, with libpq's backslash escapes for ':' and '\\'."""
+    fields, current, escaped = [], [], False
+    for char in line:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def pgpass_entry(path: str, user: str = DEFAULT_USER, exact: bool = False) -> list[str] | None:
+    """The first line of a .pgpass file for this user: [host, port, database, user, password].
+
+    A line for any user (`*`) counts too, unless `exact`.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = _split_pgpass_line(line)
+        if len(fields) == 5 and fields[3] in ((user,) if exact else (user, "*")):
+            return fields
+    return None
+
+
+def find_pgpass(exact: bool = False) -> str | None:
+    """The .pgpass in the PostgreSQL home; with `exact`, only one that names user fail2ban."""
+    for home in PGSQL_HOMES:
+        path = os.path.join(home, ".pgpass")
+        if os.path.isfile(path) and (not exact or pgpass_entry(path, exact=True)):
+            return path
+    return None
+
+
+def settings_from_pgpass(path: str) -> Settings:
+    entry = pgpass_entry(path)
+    if entry is None:
+        raise ConfigError(f"{path}: no line for user {DEFAULT_USER!r}")
+    host, port, database, _user, password = entry
+    settings = Settings(path)
+    settings.backend = "pgsql"
+    settings.host = "" if host in ("*", "localhost") else host
+    settings.port = 5432 if port == "*" else _port(port, path)
+    settings.database = DEFAULT_DATABASE if database == "*" else database
+    settings.password = password
+    return settings
+
+
+def load_settings(config: str | None, hostname: str | None) -> Settings:
+    config = config or os.environ.get("F2BSQL_CONFIG") or None
+    if config:
+        if not os.path.isfile(config):
+            raise ConfigError(f"config file {config} does not exist")
+        settings = settings_from_ini(config)
+    else:
+        # Files made for fail2ban first, root's general ones after: a PostgreSQL host that also
+        # has MariaDB's /root/.my.cnf still finds its .pgpass line for user fail2ban.
+        dedicated_mysql, root_mysql = MYSQL_CREDENTIAL_FILES
+        dedicated_pgpass = find_pgpass(exact=True)
+        if os.path.isfile(dedicated_mysql):
+            settings = settings_from_ini(dedicated_mysql)
+        elif dedicated_pgpass:
+            settings = settings_from_pgpass(dedicated_pgpass)
+        elif os.path.isfile(root_mysql):
+            settings = settings_from_ini(root_mysql)
+        else:
+            pgpass = find_pgpass()
+            if not pgpass:
+                raise ConfigError(
+                    "no database settings found: "
+                    + ", ".join(MYSQL_CREDENTIAL_FILES)
+                    + " (MySQL/MariaDB) or .pgpass in "
+                    + ", ".join(PGSQL_HOMES)
+                    + " (PostgreSQL)"
+                )
+            settings = settings_from_pgpass(pgpass)
+    hostname = hostname or os.environ.get("F2BSQL_HOSTNAME") or None
+    if hostname:
+        settings.hostname = hostname
+    check_hostname(settings.hostname)
+    return settings
