@@ -164,6 +164,8 @@ def test_unban_then_the_cron_command_lifts_the_ban(db: Database, host: Host, fai
         (["unban", "192.0.2.1", "--jail", "no-such-jail"], "unknown jail: 'no-such-jail'"),
         (["bans", "--since", "2x"], "invalid duration: '2x'"),
         (["stats", "--since", "0h"], "invalid duration: '0h'"),
+        (["stats", "--since", "999999w"], "invalid duration: '999999w'"),
+        (["history", "192.0.2.1", "--limit", "-1"], "not a number from 1 to 1000000: '-1'"),
         (["bans", "--country", "Australia"], "invalid country code: 'Australia'"),
         (["bans", "--host", "a b"], "invalid host name: 'a b'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -156,3 +156,38 @@ def test_every_entry_point_looks_for_the_host_package_where_the_role_installs_it
         "f2bsql_host": re.findall(r'^LIB_DIR = "([^"]+)"', (files / "f2bsql_host" / "__init__.py").read_text(), re.M),
     }
     assert found == {name: [lib_dir] for name in found}
+
+
+def _render(expression: str, variables: dict[str, object]) -> object:
+    """A Jinja expression of the roles, rendered by Ansible's own templar (as a play would)."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    try:
+        from ansible.template import trust_as_template  # ansible-core 2.19+: only trusted text is a template
+    except ImportError:  # older ansible-core renders any string
+
+        def trust_as_template(value: str) -> str:
+            return value
+
+    trusted = {key: trust_as_template(value) if isinstance(value, str) else value for key, value in variables.items()}
+    return Templar(loader=DataLoader(), variables=trusted).template(trust_as_template(expression))
+
+
+def test_an_earlier_f2bsql_cron_line_is_not_taken_for_someone_elses() -> None:
+    # An upgrade changes f2bsql's own job (new options): the line under its marker is the cron
+    # module's to replace, never a foreign line to keep aside and delete (which would leave the
+    # marker over whatever line follows it).
+    variables = _load(FAIL2BAN_VARS / "main.yml")
+    marker = f"#Ansible: {variables['__f2bsql_fail2ban_cron_name']}"
+    helper = "/usr/bin/python3 /usr/local/bin/fail2ban_banned_db unban_db"
+    iredmail = [
+        "# Fail2ban: Unban IP addresses pending for removal",
+        "* * * * * /bin/bash /usr/local/bin/fail2ban_banned_db unban_db",
+    ]
+    geoip = ["#Ansible: f2bsql: refresh DB-IP's country database", "0 4 3 * * /usr/local/sbin/f2bsql-geoip-refresh"]
+    variables.update(
+        f2bsql_fail2ban_register_crontab={"stdout_lines": [marker, f"* * * * * {helper}", *iredmail, *geoip]},
+        __f2bsql_fail2ban_cron_keep=f"* * * * * {helper} --history-days 90",
+    )
+    assert _render("{{ __f2bsql_fail2ban_cron_legacy }}", variables) == iredmail

@@ -31,6 +31,7 @@ from .settings import Settings, load_settings
 
 PROG = "f2bsql"
 TOP = 10  # addresses in `stats`
+MAX_SINCE = 100 * 365 * 86400  # seconds: further back than any ban
 _DURATION = re.compile(r"(?:\d{1,6}[smhdw])+")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Network = Any  # ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,8 +42,8 @@ def check_since(value: str) -> datetime.timedelta:
     if not _DURATION.fullmatch(value):
         raise UsageError(f"invalid duration: {value!r} (for example 30m, 2h, 7d, 1d12h)")
     seconds = sum(int(number) * _UNIT[unit] for number, unit in re.findall(r"(\d+)([smhdw])", value))
-    if seconds <= 0:
-        raise UsageError(f"invalid duration: {value!r} (it must be more than 0)")
+    if not 0 < seconds <= MAX_SINCE:
+        raise UsageError(f"invalid duration: {value!r} (more than 0, at most 100 years)")
     return datetime.timedelta(seconds=seconds)
 
 
@@ -145,7 +146,9 @@ def emit(lines: Sequence[str]) -> None:
 
 
 def emit_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    # ASCII only: what came from the other side (log lines, rdns) reaches a terminal as \u escapes.
+    text = json.dumps(data, indent=2, ensure_ascii=True).replace("\x7f", "\\u007f")
+    sys.stdout.write(text + "\n")
 
 
 # --------------------------------------------------------------------------- commands
@@ -263,6 +266,8 @@ def _cmd_unban(ctx: Context, args: argparse.Namespace) -> int:
         runner = Runner(ctx.settings)
         try:
             lifted = runner.unban_db()
+            if not runner.ran:  # another unban_db run holds the lock: that one, or the next, lifts them
+                lifted = None
         finally:
             runner.close()
     missing = [ip for ip in ips if ip not in found]
@@ -274,7 +279,7 @@ def _cmd_unban(ctx: Context, args: argparse.Namespace) -> int:
             "lifted_here": None if lifted is None else lifted == EXIT_OK,
         })  # fmt: skip
     else:
-        hosts = sorted({row.hostname for row in rows})
+        hosts = sorted({_printable(row.hostname) for row in rows})
         if rows:
             print(f"marked {len(rows)} ban(s) of {len(found)} address(es) for removal on {', '.join(hosts)}", end="")
             print("; lifted here now" if lifted == EXIT_OK else "; each host lifts them within a minute")
@@ -374,6 +379,12 @@ def _network(value: str) -> Network:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"not a number from 1 to 1000000: {value!r}")
+    return int(value)
+
+
 def _country(value: str) -> str:
     try:
         return check_country(value)
@@ -412,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("history", help="the bans of one address that ended, and why, and its current ones")
     sub.add_argument("address", metavar="ADDR")
-    sub.add_argument("--limit", type=int, default=100, help="at most this many ended bans, newest first (100)")
+    sub.add_argument("--limit", type=_limit, default=100, help="at most this many ended bans, newest first (100)")
     sub.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.set_defaults(func=_cmd_history)
 

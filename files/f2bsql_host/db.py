@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .report import DatabaseUnavailable, EventRejected, HelperError, reason
+from .report import DatabaseUnavailable, EventRejected, HelperError, log, reason
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ SQL: dict[str, dict[str, str]] = {
             " `timestamp`, %s, %s FROM `banned` WHERE `id` IN ({marks})"
         ),
         "history_delete": "DELETE FROM `banned` WHERE `id` IN ({marks})",
+        # Without banned_history (a database whose schema is older than this helper).
+        "delete_where": "DELETE FROM `banned` WHERE {cond}",
         "history_prune": "DELETE FROM `banned_history` WHERE `hostname` = %s AND `ended_at` < %s LIMIT %s",
         "history": (
             "SELECT `ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`, `failures`, `loglines`,"
@@ -149,6 +151,7 @@ SQL: dict[str, dict[str, str]] = {
             " SELECT ip, ports, protocol, jail, hostname, country, rdns, failures, loglines, timestamp, %s, %s"
             " FROM gone"
         ),
+        "delete_where": "DELETE FROM banned WHERE {cond}",
         "history_prune": (
             "DELETE FROM banned_history WHERE id IN"
             " (SELECT id FROM banned_history WHERE hostname = %s AND ended_at < %s LIMIT %s)"
@@ -252,6 +255,13 @@ MYSQL_TRANSIENT = frozenset({
 PGSQL_TRANSIENT = ("08", "40", "53", "55P03", "57", "58", "XX", "25006")
 
 
+def _missing_table(backend: str, exc: BaseException) -> bool:
+    """The statement named a table the database does not have (1146; SQLSTATE 42P01)."""
+    if backend == "mysql":
+        return bool(exc.args) and exc.args[0] == 1146
+    return getattr(exc, "pgcode", None) == "42P01"
+
+
 def _transient(backend: str, exc: BaseException) -> bool:
     if backend == "mysql":
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
@@ -269,6 +279,7 @@ class Database:
         self.sql = SQL[settings.backend]
         self._conn: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
+        self._history = True  # banned_history exists (until a statement finds it missing)
 
     def connect(self) -> Database:
         s = self.settings
@@ -360,14 +371,21 @@ class Database:
                 where=f" WHERE {clauses}" if clauses else "",
                 cond=self.sql[cond].format(marks=_marks(count)) if cond else "",
             )
+        with self._translated(name), self._conn.cursor() as cursor:
+            cursor.execute(statement, tuple(params))
+            return cursor.fetchall() if fetch else cursor.rowcount
+
+    @contextlib.contextmanager
+    def _translated(self, name: str) -> Iterator[None]:
+        """The driver's errors as DatabaseUnavailable (try again later) or EventRejected (for good)."""
         try:
-            with self._conn.cursor() as cursor:
-                cursor.execute(statement, tuple(params))
-                return cursor.fetchall() if fetch else cursor.rowcount
+            yield
         except self._errors as exc:
             if _transient(self.settings.backend, exc):
                 raise DatabaseUnavailable(f"{name} failed: {reason(exc)}") from None
-            raise EventRejected(f"the database refused {name}: {reason(exc)}") from None
+            rejected = EventRejected(f"the database refused {name}: {reason(exc)}")
+            rejected.missing_table = _missing_table(self.settings.backend, exc)
+            raise rejected from None
 
     # The operations. Each is safe to repeat, which makes replaying the spool safe.
 
@@ -454,17 +472,37 @@ class Database:
 
     def end_bans(self, cond: str, params: Sequence[Any], reason: str, *, count: int = 0) -> int:
         """Move the rows that match condition `cond` from `banned` to `banned_history`; how many."""
+        if not self._history:
+            return int(self.execute("delete_where", params, count=count, cond=cond))
         ended = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
-        if self.settings.backend == "pgsql":
-            return int(self.execute("history_move", (*params, ended, reason), count=count, cond=cond))
         try:
-            self._conn.begin()
+            if self.settings.backend == "pgsql":
+                return int(self.execute("history_move", (*params, ended, reason), count=count, cond=cond))
+            return self._move_in_transaction(cond, params, reason, ended, count)
+        except EventRejected as exc:
+            if not exc.missing_table:
+                raise
+            # The schema of this version was not applied to the database yet (the database play
+            # left out, or the database managed elsewhere): the ban must end all the same.
+            self._history = False
+            log(f"table banned_history is missing (apply files/sql, e.g. run playbooks/site.yml): rows are"
+                f" deleted without history ({exc})", error=True)  # fmt: skip
+            return int(self.execute("delete_where", params, count=count, cond=cond))
+
+    def _move_in_transaction(
+        self, cond: str, params: Sequence[Any], reason: str, ended: datetime.datetime, count: int
+    ) -> int:
+        """MySQL: lock the rows, copy them, delete them, in one transaction."""
+        try:
+            with self._translated("begin"):
+                self._conn.begin()
             locked = self.execute("history_lock", params, count=count, fetch=True, cond=cond)
             ids = [int(row_id) for (row_id,) in locked]
             for chunk in chunks(ids):
                 self.execute("history_copy", (ended, reason, *chunk), count=len(chunk))
                 self.execute("history_delete", chunk, count=len(chunk))
-            self._conn.commit()
+            with self._translated("commit"):
+                self._conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 self._conn.rollback()

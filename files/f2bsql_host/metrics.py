@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Optional
@@ -47,13 +48,17 @@ class LastRun:
 
 
 def _replace(directory: str, name: str, text: str, mode: int) -> None:
-    """The file appears whole or not at all (written aside, then renamed over the old one)."""
-    temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """The file appears whole or not at all (written aside, then renamed over the old one).
+
+    The directory may belong to node_exporter's user: a name nobody can guess, created anew
+    (never through a link planted there), and its mode set on the open file.
+    """
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(text)
-        os.chmod(temporary, mode)
         os.rename(temporary, os.path.join(directory, name))
     except BaseException:
         with contextlib.suppress(OSError):

@@ -37,6 +37,8 @@ class DatabaseUnavailable(HelperError):
 class EventRejected(HelperError):
     """The database refused the event itself: trying again would fail the same way."""
 
+    missing_table = False  # the statement named a table the database does not have
+
 
 class Fail2banUnreachable(HelperError):
     """fail2ban-server does not answer on its socket (stopped, or not started yet)."""

@@ -56,7 +56,7 @@ class Runner:
             min(settings.replay_budget, settings.timeout) if in_process else settings.replay_budget
         )
         self._down_until = 0.0
-        self._ran = False  # this unban_db run held the maintenance lock
+        self.ran = False  # the last unban_db run held the maintenance lock (did the work)
         self.lifted = 0  # rows the last unban_db run lifted for a panel
 
     def close(self) -> None:
@@ -155,14 +155,14 @@ class Runner:
     def unban_db(self) -> int:
         """Lift this host's bans that a panel marked remove = 1 and delete their rows; then `sync`,
         prune this host's history, and leave the figures of the run for Prometheus."""
-        began, self._ran, self.lifted = time.time(), False, 0
+        began, self.ran, self.lifted = time.time(), False, 0
         success = False
         try:
             code = self._maintain(lift=True)
             success = code == EXIT_OK
             return code
         finally:
-            if self._ran:  # not when another run held the lock: that one reports
+            if self.ran:  # not when another run held the lock: that one reports
                 self._report(began, success)
 
     def _report(self, began: float, success: bool) -> None:
@@ -186,7 +186,7 @@ class Runner:
             if not locked:
                 log(f"another unban_db or sync run is still working; leaving it to finish ({what})")
                 return EXIT_OK
-            self._ran = True
+            self.ran = True
             if not self.catch_up(budget=CRON_REPLAY_BUDGET):
                 raise DatabaseUnavailable(
                     "database unavailable or spool not replayed yet; pending removals stay for the next run"
@@ -293,6 +293,7 @@ class Runner:
         """
         host = self.settings.hostname
         stale: list[int] = []
+        gone: list[int] = []
         held: dict[str, set[str]] = {}
         for row_id, jail, ip, remove in rows:
             if state.running(jail):
@@ -300,10 +301,11 @@ class Runner:
                 if not remove and ip not in live[jail] and not state.restoring(jail, ip):
                     stale.append(row_id)
             elif state.gone(jail) and not remove:
-                stale.append(row_id)
-        if stale:
-            removed = db.delete_ids(stale, SYNCED)
-            log(f"sync: removed {removed} row(s) of bans fail2ban no longer holds")
+                gone.append(row_id)
+        for ids, why in ((stale, SYNCED), (gone, GONE)):
+            if ids:
+                removed = db.delete_ids(ids, why)
+                log(f"sync: removed {removed} row(s) of bans fail2ban no longer holds ({why})")
         added = 0
         for jail in sorted(live):
             missing = live[jail] - held.get(jail, set()) - lifted.get(jail, set())
