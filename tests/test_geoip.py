@@ -1,7 +1,8 @@
 """Country and reverse DNS of banned addresses, with real data and real DNS on loopback.
 
 Country: each backend alone — an MMDB built here (mmdb-writer), Debian's libloc database,
-legacy geoiplookup with Debian's GeoIP data — then none at all. Reverse DNS: the helper runs
+legacy geoiplookup with Debian's GeoIP data — then none at all; the helper's own MMDB reader
+against libmaxminddb's (python3-maxminddb) on files of every record size. Reverse DNS: the helper runs
 in a mount namespace of its own whose resolv.conf names a DNS server of the test's on a
 loopback address, one that answers PTR queries or one that never answers.
 """
@@ -9,7 +10,9 @@ loopback address, one that answers PTR queries or one that never answers.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_service
-from testbed import BASE_ENV, HELPER, SYSTEM_PYTHON, Database, Host, write_private
+from testbed import BASE_ENV, HELPER, HOST_LIB, SYSTEM_PYTHON, Database, Host, host_module, write_private
 
 PUBLIC_V4 = "1.1.1.1"  # Cloudflare, AU in the registries' data
 PUBLIC_V6 = "2001:4860:4860::8888"  # Google, US
@@ -57,8 +60,7 @@ def mmdb(tmp_path: Path) -> Path:
 
 
 def test_mmdb_alone(db: Database, host: Host, mmdb: Path) -> None:
-    if not system_python_has("maxminddb"):
-        need_service("python3-maxminddb is not installed for the distro's python3")
+    # The helper's own reader: no module outside the standard library.
     host.write_config(geoip="mmdb", mmdb=str(mmdb))
     ban_three(host)
     assert (country(db, PUBLIC_V4), country(db, PUBLIC_V6), country(db, PRIVATE)) == (
@@ -66,6 +68,132 @@ def test_mmdb_alone(db: Database, host: Host, mmdb: Path) -> None:
         "US, Testonia",
         "",
     )
+
+
+def _write_mmdb(path: Path, ip_version: int, record_size: int | None, networks: list[str]) -> None:
+    """An MMDB of these networks with records of every data type a country file may hold."""
+    import mmdb_writer
+    from netaddr import IPSet
+
+    sizer = mmdb_writer.TreeWriter._adjust_record_size
+    if record_size is not None:  # files big enough for 28 and 32 bits would take minutes to build
+
+        def forced(self: object) -> None:
+            sizer(self)  # type: ignore[arg-type]
+            self.record_size = record_size  # type: ignore[attr-defined]
+            self.data_offset = record_size * 2 / 8 * self._node_counter  # type: ignore[attr-defined]
+
+        mmdb_writer.TreeWriter._adjust_record_size = forced  # type: ignore[method-assign]
+    try:
+        writer = mmdb_writer.MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6)
+        taken = IPSet()
+        for i, network in enumerate(networks):
+            free = IPSet([network]) - taken
+            taken |= free
+            record = {
+                "country": {"iso_code": f"C{i % 97}", "names": {"en": f"Land ñ {i}", "de": "x" * (i % 300)}},
+                "geoname_id": i * 7919,
+                "offset": -i,
+                "ratio": i / 3,
+                "eu": bool(i % 2),
+                "list": [i, "a", {"k": i}],
+            }
+            writer.insert_network(free, record)
+        writer.to_db_file(str(path))
+    finally:
+        mmdb_writer.TreeWriter._adjust_record_size = sizer  # type: ignore[method-assign]
+
+
+COMPARE = """
+import ipaddress, json, sys
+sys.path.insert(0, sys.argv[1])
+import maxminddb
+from f2bsql_host.mmdb import Reader
+theirs, ours = maxminddb.open_database(sys.argv[2]), Reader(sys.argv[2])
+addresses = json.load(sys.stdin)
+differ = [ip for ip in addresses
+          if (None if theirs.metadata().ip_version == 4 and ":" in ip else theirs.get(ip)) != ours.get(ip)]
+found = sum(ours.get(ip) is not None for ip in addresses)
+print(json.dumps({"differ": differ[:5], "found": found, "record_size": ours.record_size}))
+"""
+
+
+@pytest.mark.parametrize(("ip_version", "record_size"), [(6, None), (4, None), (6, 28), (6, 32), (4, 28)])
+def test_mmdb_reader_agrees_with_libmaxminddb(tmp_path: Path, ip_version: int, record_size: int | None) -> None:
+    if not system_python_has("maxminddb"):
+        need_service("python3-maxminddb (the reference reader) is not installed for the distro's python3")
+    rand = random.Random(ip_version * 100 + (record_size or 0))
+    networks = [str(ipaddress.ip_network((rand.getrandbits(32), rand.randint(8, 32)), strict=False))
+                for _ in range(2000)]  # fmt: skip
+    if ip_version == 6:
+        networks += [str(ipaddress.ip_network((rand.getrandbits(128), rand.randint(16, 64)), strict=False))
+                     for _ in range(300)]  # fmt: skip
+    path = tmp_path / "test.mmdb"
+    _write_mmdb(path, ip_version, record_size, networks)
+    inside = [str(ipaddress.ip_network(network)[-1]) for network in networks]
+    addresses = inside + [str(ipaddress.IPv4Address(rand.getrandbits(32))) for _ in range(3000)]
+    addresses += [str(ipaddress.IPv6Address(rand.getrandbits(128))) for _ in range(1000)] + ["::", "0.0.0.0"]  # noqa: S104 (an address to look up)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", COMPARE, str(HOST_LIB), str(path)],
+        input=json.dumps(addresses), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout)
+    assert result["differ"] == []
+    assert result["record_size"] == (record_size or 24)
+    assert result["found"] >= len(inside) if ip_version == 6 else result["found"] >= 2000
+
+
+def test_a_broken_mmdb_is_an_error_and_the_ban_still_records(db: Database, host: Host, mmdb: Path) -> None:
+    mmdb_module = host_module("mmdb")
+    whole = mmdb.read_bytes()
+    broken = {
+        "empty": b"",
+        "garbage": os.urandom(4096),
+        "no tree": whole[whole.rindex(mmdb_module.METADATA_MARKER) :],
+        "truncated tree": whole[:64] + whole[whole.rindex(mmdb_module.METADATA_MARKER) :],
+    }
+    for name, data in broken.items():
+        path = host.home / f"{name}.mmdb"
+        path.write_bytes(data)
+        with pytest.raises(mmdb_module.MmdbError):
+            mmdb_module.Reader(str(path)).get(PUBLIC_V4)
+    host.write_config(geoip="mmdb", mmdb=str(host.home / "truncated tree.mmdb"))
+    host.ok("ban", PUBLIC_V4, "25", "tcp", "postfix", "1")
+    assert country(db, PUBLIC_V4) == ""
+
+
+LIBLOC_PACKAGED = "/usr/share/libloc-location/location.db"
+LIBLOC_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from f2bsql_host import geo
+geo.LIBLOC_DATABASES = (sys.argv[2], *geo.LIBLOC_DATABASES[1:])
+print("|".join(geo.CountryLookup(["libloc"]).lookup("1.1.1.1")))
+"""
+
+
+def test_libloc_reads_the_packaged_database_without_location_update(tmp_path: Path) -> None:
+    # /var/lib/location/database.db exists only after `location update` or Debian's postinst link.
+    if not system_python_has("location") or not Path(LIBLOC_PACKAGED).is_file():
+        need_service("libloc (python3-location, libloc-database) is not installed")
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", LIBLOC_PROBE, str(HOST_LIB), str(tmp_path / "never-updated.db")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == f"AU, Australia|libloc {LIBLOC_PACKAGED}"
+
+
+def test_the_admin_cli_says_which_data_answered(db: Database, host: Host, mmdb: Path) -> None:
+    host.write_config(geoip="mmdb", mmdb=str(mmdb))
+    shown = host.admin("country", PUBLIC_V4, PUBLIC_V6, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == [
+        {"ip": PUBLIC_V4, "country": "AU, Testland", "source": f"mmdb {mmdb}"},
+        {"ip": PUBLIC_V6, "country": "US, Testonia", "source": f"mmdb {mmdb}"},
+    ]
+    unknown = host.admin("country", PRIVATE)
+    assert unknown.returncode == 1 and PRIVATE in unknown.stdout
+    assert host.admin("country", "not-an-address").returncode == 2
 
 
 def test_libloc_alone(db: Database, host: Host) -> None:

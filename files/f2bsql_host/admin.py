@@ -365,6 +365,19 @@ def _cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_country(ctx: Context, args: argparse.Namespace) -> int:
+    """What a ban of these addresses would store as country, and which data said so."""
+    from .geo import lookup_for
+
+    lookup = lookup_for(ctx.settings)
+    found = [(ip, *lookup.lookup(ip)) for ip in (check_ip(address) for address in args.addresses)]
+    if args.json:
+        emit_json([{"ip": ip, "country": country, "source": source} for ip, country, source in found])
+    else:
+        emit(table(["IP", "COUNTRY", "FROM"], [(ip, country or "-", source or "-") for ip, country, source in found]))
+    return EXIT_OK if all(country for _ip, country, _source in found) else EXIT_FAILED
+
+
 def _since(value: str) -> datetime.timedelta:
     try:
         return check_since(value)
@@ -426,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=_limit, default=100, help="at most this many ended bans, newest first (100)")
     sub.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.set_defaults(func=_cmd_history)
+
+    sub = commands.add_parser("country", help="the country a ban of these addresses gets, and the data it comes from")
+    sub.add_argument("addresses", nargs="+", metavar="ADDR")
+    sub.add_argument("--json", action="store_true", help="JSON instead of a table")
+    sub.set_defaults(func=_cmd_country)
 
     sub = commands.add_parser("metrics", help="this host's figures for Prometheus (what cron writes for node_exporter)")
     sub.set_defaults(func=_cmd_metrics)

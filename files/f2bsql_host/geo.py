@@ -1,7 +1,8 @@
 """The country of a banned address, from whichever country data the host has (docs/helper.md).
 
-Three optional backends: an MMDB file (python3-maxminddb), libloc (python3-location), and
-the geoiplookup commands; none is required, and a lookup never stops a ban being recorded.
+Three optional backends: an MMDB file (read by .mmdb, no package needed), libloc
+(python3-location), and the geoiplookup commands; none is required, and a lookup never stops a
+ban being recorded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ MMDB_PATHS = (
     "/var/db/GeoIP/dbip-country-lite.mmdb",  # FreeBSD
     "/usr/local/share/GeoIP/GeoLite2-Country.mmdb",
 )
-LIBLOC_DATABASE = "/var/lib/location/database.db"
+LIBLOC_DATABASES = (
+    "/var/lib/location/database.db",  # what `location update` keeps current (Debian links it to the next)
+    "/usr/share/libloc-location/location.db",  # the libloc-database package's file
+)
 COUNTRY_DATA_CHECK = 60.0  # seconds between looks for new or replaced country data
 
 
@@ -46,7 +50,7 @@ class CountryLookup:
     def __init__(self, order: Sequence[str], mmdb: str = "") -> None:
         self.order = list(order)
         self.mmdb = mmdb
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, tuple[Any, str] | None] = {}
         self._checked = time.monotonic()
         self._seen = self._data_files()
         # Inside fail2ban-server the jails' threads and the command thread (banip) look up at once;
@@ -55,7 +59,7 @@ class CountryLookup:
 
     def _data_files(self) -> tuple[tuple[str, int, int], ...]:
         found = []
-        for path in [*([self.mmdb] if self.mmdb else MMDB_PATHS), LIBLOC_DATABASE]:
+        for path in [*([self.mmdb] if self.mmdb else MMDB_PATHS), *LIBLOC_DATABASES]:
             try:
                 status = os.stat(path)
             except OSError:
@@ -74,44 +78,50 @@ class CountryLookup:
             self._handles.clear()
 
     def __call__(self, ip: str) -> str:
+        return self.lookup(ip)[0]
+
+    def lookup(self, ip: str) -> tuple[str, str]:
+        """The country and the data that answered ("libloc /usr/share/...", '' when none did)."""
         try:
             address = global_address(ip)
         except ValueError:
-            return ""
+            return "", ""
         if address is None:
-            return ""
+            return "", ""
         with self._lock:
             return self._lookup(address)
 
-    def _lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    def _lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, str]:
         self._reopen_if_data_changed()
         for name in list(self.order):
             try:
-                handle = self._open(name)
-                found = handle and getattr(self, f"_ask_{name}")(handle, address)
+                opened = self._open(name)
+                if opened is None:
+                    continue
+                found = getattr(self, f"_ask_{name}")(opened[0], address)
             except Exception as exc:  # a lookup must never fail the ban
                 log(f"country lookup with {name} failed, not using it again: {reason(exc)}", error=True)
                 self.order.remove(name)
                 continue
             if found:
-                return str(found)[:255]
-        return ""
+                return str(found)[:255], f"{name} {opened[1]}"
+        return "", ""
 
-    def _open(self, name: str) -> Any:
+    def _open(self, name: str) -> tuple[Any, str] | None:
+        """The open backend and the file (or command) it reads, None where the host has neither."""
         if name not in self._handles:
-            self._handles[name] = getattr(self, f"_open_{name}")()
+            opened: tuple[Any, str] | None = getattr(self, f"_open_{name}")()
+            self._handles[name] = opened
         return self._handles[name]
 
-    def _open_mmdb(self) -> Any:
+    def _open_mmdb(self) -> tuple[Any, str] | None:
         paths = [self.mmdb] if self.mmdb else list(MMDB_PATHS)
         path = next((path for path in paths if os.path.isfile(path)), None)
         if path is None:
             return None
-        try:
-            import maxminddb  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        return maxminddb.open_database(path)
+        from .mmdb import Reader
+
+        return Reader(path), path
 
     @staticmethod
     def _ask_mmdb(reader: Any, address: Any) -> str:
@@ -122,14 +132,15 @@ class CountryLookup:
         return f"{code}, {name}" if code and name else code
 
     @staticmethod
-    def _open_libloc() -> Any:
-        if not os.path.exists(LIBLOC_DATABASE):
+    def _open_libloc() -> tuple[Any, str] | None:
+        path = next((path for path in LIBLOC_DATABASES if os.path.isfile(path)), None)
+        if path is None:
             return None
         try:
             import location  # type: ignore[import-not-found]
         except ImportError:
             return None
-        return location.Database(LIBLOC_DATABASE)
+        return location.Database(path), os.path.realpath(path)
 
     @staticmethod
     def _ask_libloc(database: Any, address: Any) -> str:
@@ -142,10 +153,11 @@ class CountryLookup:
         return f"{code}, {name}" if name else code
 
     @staticmethod
-    def _open_geoiplookup() -> Any:
+    def _open_geoiplookup() -> tuple[Any, str] | None:
         search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
         commands = {4: shutil.which("geoiplookup", path=search), 6: shutil.which("geoiplookup6", path=search)}
-        return commands if any(commands.values()) else None
+        found = [command for command in commands.values() if command]
+        return (commands, " ".join(found)) if found else None
 
     @staticmethod
     def _ask_geoiplookup(commands: dict[int, str | None], address: Any) -> str:
@@ -164,6 +176,15 @@ class CountryLookup:
         return ""
 
 
+def lookup_for(settings: Settings) -> CountryLookup:
+    """The lookup of these settings, shared by every caller in the process (one open file each)."""
+    key = (tuple(settings.geoip), settings.mmdb)
+    with _COUNTRY_LOOKUPS_LOCK:
+        if key not in _COUNTRY_LOOKUPS:
+            _COUNTRY_LOOKUPS[key] = CountryLookup(*key)
+        return _COUNTRY_LOOKUPS[key]
+
+
 _COUNTRY_LOOKUPS: dict[tuple[tuple[str, ...], str], CountryLookup] = {}
 _COUNTRY_LOOKUPS_LOCK = threading.Lock()
 
@@ -171,12 +192,7 @@ _COUNTRY_LOOKUPS_LOCK = threading.Lock()
 def country_of(ip: str, settings: Settings) -> str:
     """The country for a row; '' whatever goes wrong (a lookup never stops a ban being recorded)."""
     try:
-        key = (tuple(settings.geoip), settings.mmdb)
-        with _COUNTRY_LOOKUPS_LOCK:
-            if key not in _COUNTRY_LOOKUPS:
-                _COUNTRY_LOOKUPS[key] = CountryLookup(*key)
-            lookup = _COUNTRY_LOOKUPS[key]
-        return lookup(ip)
+        return lookup_for(settings)(ip)
     except Exception as exc:  # a broken data file, a reader that raises on this address, ...
         log(f"country lookup of {ip} failed: {reason(exc)}", error=True)
         return ""
