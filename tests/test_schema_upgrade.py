@@ -8,11 +8,15 @@ nothing, and the helper then works on the result.
 from __future__ import annotations
 
 import datetime
+import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from testbed import DOVECOT_PORTS, FIXTURES, POSTFIX_PORTS, b64
+from testbed import DOVECOT_PORTS, FIXTURES, POSTFIX_PORTS, REPO, SQL_DIR, b64
 
 if TYPE_CHECKING:
     from testbed import Database, Host
@@ -141,3 +145,72 @@ def test_fresh_schema_twice_is_a_no_op(db: Database) -> None:
     assert {"id", "name", "enabled"} <= set(db.columns("jails"))
     if db.backend == "pgsql":
         assert set(db.owners().values()) == {db.user}
+
+
+def _schema_module(db: Database, check: bool, login: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Role f2bsql_database's f2bsql_mysql_db on this database, as a play runs it."""
+    role = REPO / "roles" / "f2bsql_database"
+    args = {
+        "name": db.name,
+        "schema": (SQL_DIR / "fail2ban.mysql").read_text(encoding="utf-8"),
+        "login_host": db.server.host,
+        "login_port": db.server.port,
+        "login_user": login[0] if login else db.server.admin_user,
+        "login_password": login[1] if login else db.server.admin_password,  # a test user's, or none
+        "login_config_file": "/nonexistent",
+    }
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/root",
+        "ANSIBLE_LIBRARY": str(role / "library"),
+        "ANSIBLE_MODULE_UTILS": str(role / "module_utils"),
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+        "ANSIBLE_DEPRECATION_WARNINGS": "false",
+    }
+    argv = [str(Path(sys.executable).parent / "ansible"), "localhost", "-i", "localhost,", "-c", "local"]
+    argv += ["-m", "f2bsql_mysql_db", "-a", json.dumps(args), *(["--check"] if check else [])]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.split(" => ", 1)[1])  # "localhost | CHANGED => {\n...}"
+    return result
+
+
+@pytest.mark.parametrize("start", ["iredmail-1.6", "iredmail-1.7", "fresh"])
+def test_check_mode_predicts_the_schema_and_writes_nothing(make_db: Callable[..., Database], start: str) -> None:
+    db = make_db("mysql", schema=start == "fresh")
+    if start != "fresh":
+        db.apply_sql((FIXTURES / "schema" / f"{start}.mysql").read_text(encoding="utf-8"))
+        db.insert_banned(**OLD_ROWS[0])
+        db.insert_banned(**{**OLD_ROWS[0], "ip": "192.0.2.9", "remove": None})
+    import secrets
+
+    import pymysql
+
+    # Check mode runs as an admin who may read and make temporary tables, nothing else: a
+    # CREATE DATABASE or TABLE, an ALTER or a write would fail the run.
+    server = db.server
+    admin = pymysql.connect(host=server.host, port=server.port, user=server.admin_user, password=server.admin_password)
+    reader, password = f"f2bro_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (reader, password))
+            cursor.execute(f"GRANT SELECT, CREATE TEMPORARY TABLES ON `{db.name}`.* TO %s@'127.0.0.1'", (reader,))
+        before = db.fingerprint()
+        predicted = _schema_module(db, check=True, login=(reader, password))
+        assert db.fingerprint() == before, "check mode changed the database"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute("DROP USER IF EXISTS %s@'127.0.0.1'", (reader,))
+        admin.close()
+    applied = _schema_module(db, check=False)
+    assert predicted["changed"] == applied["changed"] == (start != "fresh")
+    would = [line for line in predicted["fingerprint"] if line.startswith("would run: ")]
+    if start == "iredmail-1.6":  # no jails, no history, the old unique key, a NULL remove
+        assert {"would run: CREATE TABLE `jails`", "would run: CREATE TABLE `banned_history`"} <= set(would)
+        assert any(line.startswith("would run: ALTER TABLE `banned` DROP INDEX `ip`") for line in would), would
+        assert any(line.startswith("would run: UPDATE `banned` SET `remove` = 0") for line in would)
+    assert bool(would) == applied["changed"]
+    if not would:
+        assert predicted["fingerprint"] == applied["fingerprint"]
+    again = _schema_module(db, check=True)
+    assert not again["changed"] and again["fingerprint"] == applied["fingerprint"]

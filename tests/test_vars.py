@@ -8,11 +8,13 @@ somewhere, and each supported platform finds a file through the roles' first_fou
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from testbed import host_module
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "vars").is_dir())
@@ -63,7 +65,9 @@ def _texts(role: Path) -> list[str]:
 def test_each_os_file_defines_the_same_keys(role: Path) -> None:
     files = _os_files(role)
     assert files, f"{role.name} has no per-OS vars files"
-    keys = {path.name: set(_load(path)) for path in files}
+    # A file's own lookup map and what it picks from it (`*_by_release`, `*_release`: values of
+    # one OS family that differ by release) are its business; every other key is in every file.
+    keys = {path.name: {key for key in _load(path) if not key.endswith("_release")} for path in files}
     union = set().union(*keys.values())
     for name, have in keys.items():
         assert have == union, f"{role.name}/vars/{name} lacks {sorted(union - have)}"
@@ -110,24 +114,6 @@ def test_bsd_files_use_wheel_and_local_python() -> None:
 
 
 FAIL2BAN_VARS = ROOT / "roles" / "f2bsql_fail2ban" / "vars"
-
-
-@pytest.mark.parametrize("name", ["Debian.yml", "RedHat.yml", "OpenBSD.yml", "FreeBSD.yml"])
-def test_geoip_values_of_each_os(name: str) -> None:
-    data = _load(FAIL2BAN_VARS / name)
-    packages = data["__f2bsql_fail2ban_geoip_packages"]
-    repos = data["__f2bsql_fail2ban_geoip_repo_packages"]
-    assert isinstance(packages, list) and packages and all(isinstance(p, str) and p for p in packages)
-    assert isinstance(repos, list) and all(isinstance(p, str) and p for p in repos)
-    assert isinstance(data["__f2bsql_fail2ban_geoip_refresh"], bool)
-    # Every OS gets the MMDB reader: the refreshed DB-IP file is the helper's first backend.
-    assert any("maxminddb" in p for p in packages), f"{name}: no maxminddb reader"
-
-
-def test_geoip_refresh_is_on_where_the_distro_has_no_data_the_helper_reads() -> None:
-    refresh = {p.name: _load(p)["__f2bsql_fail2ban_geoip_refresh"] for p in _os_files(FAIL2BAN_VARS.parent)}
-    assert refresh == {"Debian.yml": False, "FreeBSD.yml": True, "OpenBSD.yml": True, "RedHat.yml": True}
-    assert _load(FAIL2BAN_VARS / "RedHat.yml")["__f2bsql_fail2ban_geoip_repo_packages"] == ["epel-release"]
 
 
 def test_refreshed_mmdb_is_the_first_path_the_helper_reads() -> None:
@@ -191,3 +177,68 @@ def test_an_earlier_f2bsql_cron_line_is_not_taken_for_someone_elses() -> None:
         __f2bsql_fail2ban_cron_keep=f"* * * * * {helper} --history-days 90",
     )
     assert _render("{{ __f2bsql_fail2ban_cron_legacy }}", variables) == iredmail
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "db.example.com", "2001:db8::5", "::1"])
+def test_a_pgpass_line_for_any_host_is_escaped_and_found_again(host: str) -> None:
+    # libpq reads '\:' as ':' inside a field: an IPv6 host unescaped splits the line wrongly, and a
+    # regexp that cannot match the escaped form writes a second line on every run.
+    settings = host_module("settings")
+    variables = _load(FAIL2BAN_VARS / "main.yml")
+    variables.update(
+        f2bsql_fail2ban_db_host=host,
+        f2bsql_fail2ban_db_port=5432,
+        f2bsql_fail2ban_db_name="fail2ban",
+        f2bsql_fail2ban_db_user="fail2ban",
+    )
+    prefix = str(_render("{{ __f2bsql_fail2ban_pgpass_prefix }}", variables))
+    regexp = str(_render("{{ __f2bsql_fail2ban_pgpass_regexp }}", variables))
+    line = prefix + "pass\\:word"
+    assert settings._split_pgpass_line(line) == [host, "5432", "fail2ban", "fail2ban", "pass:word"]
+    escaped_v6 = "2001\\:db8\\:\\:9:5432:fail2ban:fail2ban:x"
+    for written in (line, "*:*:fail2ban:fail2ban:old", "localhost:5432:*:fail2ban:old", escaped_v6):
+        assert re.match(regexp, written), (regexp, written)
+    for other in ("#" + escaped_v6, "h:5432:vmail:fail2ban:x", "h:5432:fail2ban:vmail:x"):
+        assert not re.match(regexp, other), (regexp, other)
+
+
+ASSERT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: {role}
+        tasks_from: assert
+"""
+
+
+@pytest.mark.parametrize(
+    ("role", "password_var"),
+    [("f2bsql_database", "f2bsql_database_password"), ("f2bsql_fail2ban", "f2bsql_fail2ban_db_password")],
+)
+def test_the_variable_check_says_what_is_wrong_and_never_the_password(
+    role: str, password_var: str, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    play = tmp_path / "assert.yml"
+    play.write_text(ASSERT_PLAY.format(role=role), encoding="utf-8")
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3"}  # fmt: skip
+    ansible = str(Path(sys.executable).parent / "ansible-playbook")
+    results = {}
+    for password in ("Sh'rt-PW", "long-enough-and-plain-42"):
+        extra = tmp_path / "extra.json"
+        extra.write_text(json.dumps({password_var: password}), encoding="utf-8")
+        done = subprocess.run(
+            [ansible, "-i", "localhost,", "-c", "local", "-v", str(play), "-e", f"@{extra}"],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        results[password] = done
+        assert password not in done.stdout + done.stderr
+    bad, good = results.values()
+    assert bad.returncode == 2 and "at least 8 characters" in bad.stdout, bad.stdout[-2000:]
+    assert "censored" not in bad.stdout
+    assert good.returncode == 0, good.stdout[-2000:]

@@ -44,8 +44,9 @@ MYSQL_SOCKETS = (
 PGSQL_OS_USERS = ("postgres", "_postgresql", "postgres")
 #: Homes of the PostgreSQL OS user when /etc/passwd does not say (same list as the helper).
 PGSQL_HOMES = ("var/lib/postgresql", "var/lib/pgsql", "var/db/postgres", "var/postgresql")
-#: iRedAdmin(-Pro)'s settings file on iRedMail hosts.
-IREDADMIN_SETTINGS = "opt/www/iredadmin/settings.py"
+#: iRedAdmin(-Pro)'s settings file on iRedMail hosts: iRedMail's HTTPD_SERVERROOT is /opt/www,
+#: /usr/local/www on FreeBSD (its conf/web_server), and iRedAdmin is linked there as `iredadmin`.
+IREDADMIN_SETTINGS = ("opt/www/iredadmin/settings.py", "usr/local/www/iredadmin/settings.py")
 #: The name of the database and of its user (fixed by the how-to and iRedAdmin-Pro).
 DB_NAME = "fail2ban"
 DB_USER = "fail2ban"
@@ -569,7 +570,8 @@ def _quote(arg: str) -> str:
 def detect_iredmail(root: Path) -> IRedMail:
     release_text = _read(root / "etc/iredmail-release")
     release = release_text.split("#", 1)[0].strip() if release_text else None
-    settings_path = root / IREDADMIN_SETTINGS
+    candidates = [root / path for path in IREDADMIN_SETTINGS]
+    settings_path = next((path for path in candidates if path.exists()), candidates[0])
     settings_text = _read(settings_path)
     settings = parse_python_settings(settings_text) if settings_text is not None else {}
     backend: str | None = None
