@@ -118,7 +118,7 @@ print(json.dumps({"differ": differ[:5], "found": found, "record_size": ours.reco
 """
 
 
-@pytest.mark.parametrize(("ip_version", "record_size"), [(6, None), (4, None), (6, 28), (6, 32), (4, 28)])
+@pytest.mark.parametrize(("ip_version", "record_size"), [(6, None), (4, None), (6, 28), (6, 32), (4, 28), (4, 32)])
 def test_mmdb_reader_agrees_with_libmaxminddb(tmp_path: Path, ip_version: int, record_size: int | None) -> None:
     if not system_python_has("maxminddb"):
         need_service("python3-maxminddb (the reference reader) is not installed for the distro's python3")
@@ -160,6 +160,74 @@ def test_a_broken_mmdb_is_an_error_and_the_ban_still_records(db: Database, host:
     host.write_config(geoip="mmdb", mmdb=str(host.home / "truncated tree.mmdb"))
     host.ok("ban", PUBLIC_V4, "25", "tcp", "postfix", "1")
     assert country(db, PUBLIC_V4) == ""
+
+
+def _crafted_mmdb(data: bytes) -> bytes:
+    """A minimal IPv4 MMDB by hand: one tree node whose both records point at `data` (offset 0)."""
+
+    def string(text: str) -> bytes:
+        return bytes([0x40 | len(text)]) + text.encode()
+
+    def uint(kind: int, value: int, size: int) -> bytes:
+        head = bytes([(kind << 5) | size]) if kind < 8 else bytes([size, kind - 7])
+        return head + value.to_bytes(size, "big")
+
+    record = (1 + 16).to_bytes(3, "big")  # node_count + 16 + offset 0 in the data section
+    metadata = bytes([0xE0 | 3]) + string("node_count") + uint(6, 1, 4)
+    metadata += string("record_size") + uint(5, 24, 2) + string("ip_version") + uint(5, 4, 2)
+    return record + record + bytes(16) + data + b"\xab\xcd\xefMaxMind.com" + metadata
+
+
+def _pointer(target: int) -> bytes:
+    return bytes([0x20 | (target >> 8 & 0x7), target & 0xFF])
+
+
+def test_a_crafted_mmdb_costs_one_lookup_little(tmp_path: Path) -> None:
+    # 28 pointers per level to the next level, fifteen levels: 28**15 values if pointers were
+    # followed anew each time; a ban must not wait on that (the lookup runs inside fail2ban-server).
+    mmdb_module = host_module("mmdb")
+    levels, width = 15, 28
+    level_size = 2 + 2 * width
+    data = b""
+    for level in range(levels):
+        data += bytes([width, 11 - 7]) + _pointer((level + 1) * level_size) * width
+    data += bytes([0x41]) + b"x"
+    path = tmp_path / "bomb.mmdb"
+    path.write_bytes(_crafted_mmdb(data))
+    started = time.monotonic()
+    record = mmdb_module.Reader(str(path)).get("192.0.2.1")
+    assert time.monotonic() - started < 2
+    for _level in range(levels):  # each level decoded once, and shared by the pointers to it
+        assert isinstance(record, list) and len(record) == width and all(item is record[0] for item in record)
+        record = record[0]
+    assert record == "x"
+    # A pointer to a pointer is not MMDB (the spec forbids it): an error, not a loop.
+    path.write_bytes(_crafted_mmdb(_pointer(2) + _pointer(0)))
+    with pytest.raises(mmdb_module.MmdbError):
+        mmdb_module.Reader(str(path)).get("192.0.2.1")
+
+
+def test_a_file_truncated_under_an_open_reader_is_an_error_not_a_crash(tmp_path: Path, mmdb: Path) -> None:
+    # `cp new.mmdb old.mmdb` rewrites the file in place under the reader fail2ban-server holds.
+    probe = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from f2bsql_host.mmdb import MmdbError, Reader
+reader = Reader(sys.argv[2])
+assert reader.get("1.1.1.1")["country"]["iso_code"] == "AU"
+open(sys.argv[2], "wb").close()
+try:
+    reader.get("1.1.1.1")
+except MmdbError as exc:
+    print("error:", exc)
+"""
+    copy = tmp_path / "copy.mmdb"
+    copy.write_bytes(mmdb.read_bytes())
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", probe, str(HOST_LIB), str(copy)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.startswith("error: ")
 
 
 LIBLOC_PACKAGED = "/usr/share/libloc-location/location.db"

@@ -42,13 +42,14 @@ class CountryLookup:
     """The country of an address as iRedMail stored it: "AU, Australia", or '' when unknown.
 
     Backends are tried in the configured order; each is optional (module or data missing:
-    skipped), and a failing one is logged once and dropped, never failing a ban. Inside
-    fail2ban-server the lookup lives for months: data files that appear or are replaced (the
-    monthly refresh) are picked up within COUNTRY_DATA_CHECK seconds.
+    skipped), and a failing one is logged once and dropped until the data files change, never
+    failing a ban. Inside fail2ban-server the lookup lives for months: data files that appear or
+    are replaced (the monthly refresh) are picked up within COUNTRY_DATA_CHECK seconds.
     """
 
     def __init__(self, order: Sequence[str], mmdb: str = "") -> None:
-        self.order = list(order)
+        self.configured = list(order)
+        self.order = list(order)  # less a backend that failed, until its data changes
         self.mmdb = mmdb
         self._handles: dict[str, tuple[Any, str] | None] = {}
         self._checked = time.monotonic()
@@ -76,6 +77,7 @@ class CountryLookup:
         if files != self._seen:
             self._seen = files
             self._handles.clear()
+            self.order = list(self.configured)  # a replaced file may be a good one again
 
     def __call__(self, ip: str) -> str:
         return self.lookup(ip)[0]
@@ -100,7 +102,7 @@ class CountryLookup:
                     continue
                 found = getattr(self, f"_ask_{name}")(opened[0], address)
             except Exception as exc:  # a lookup must never fail the ban
-                log(f"country lookup with {name} failed, not using it again: {reason(exc)}", error=True)
+                log(f"country lookup with {name} failed, unused until the data changes: {reason(exc)}", error=True)
                 self.order.remove(name)
                 continue
             if found:

@@ -5,18 +5,25 @@ it, and one reader tested against libmaxminddb's (tests/test_geoip.py) beats a p
 Format: https://maxmind.github.io/MaxMind-DB/ — a binary search tree over the address bits,
 then a data section of typed values, then a metadata map after a marker near the end.
 A country lookup needs only the tree walk and one map; a malformed file raises MmdbError.
+
+The file is read with pread, never mapped: fail2ban-server keeps a reader for months, and a file
+truncated under a mapping (`cp` or `gunzip -c >` onto it) would kill the whole server with
+SIGBUS; read this way a short read is an error of the lookup. A record costs a bounded amount of
+work however the file is built (MAX_VALUES, pointers decoded once per lookup).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import mmap
+import os
 import struct
 from typing import Any
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 METADATA_SEARCH = 128 * 1024  # the metadata is at most this far from the end (the spec's bound)
 MAX_DEPTH = 32  # nesting of maps and arrays; a pointer cycle in a broken file ends here
+MAX_VALUES = 20_000  # values decoded for one record (a country record has a few dozen)
 DATA_SEPARATOR = 16  # zero bytes between the search tree and the data section
 
 
@@ -28,16 +35,23 @@ class Reader:
     """Open a MaxMind DB file (mapped, not read) and look addresses up in it."""
 
     def __init__(self, path: str) -> None:
-        with open(path, "rb") as handle:
-            try:
-                self._buffer: Any = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as exc:  # an empty file cannot be mapped
-                raise MmdbError(f"{path}: empty file") from exc
-        start = self._buffer.rfind(METADATA_MARKER, max(0, len(self._buffer) - METADATA_SEARCH))
-        if start < 0:
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            self._open(path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _open(self, path: str) -> None:
+        size = os.fstat(self._fd).st_size
+        tail_start = max(0, size - METADATA_SEARCH)
+        tail = os.pread(self._fd, size - tail_start, tail_start)
+        found = tail.rfind(METADATA_MARKER)
+        if found < 0:
             raise MmdbError(f"{path}: no MaxMind DB metadata")
+        start = tail_start + found
         metadata_start = start + len(METADATA_MARKER)
-        metadata, _ = _Decoder(self._buffer, metadata_start).decode(metadata_start)
+        metadata, _ = _Decoder(self._fd, metadata_start, size).decode(metadata_start)
         if not isinstance(metadata, dict):
             raise MmdbError(f"{path}: metadata is not a map")
         self.metadata = metadata
@@ -47,14 +61,14 @@ class Reader:
             self.ip_version = int(metadata["ip_version"])
         except (KeyError, TypeError, ValueError) as exc:
             raise MmdbError(f"{path}: metadata lacks {exc}") from exc
-        if self.record_size not in (24, 28, 32) or self.ip_version not in (4, 6):
+        if self.record_size not in (24, 28, 32) or self.ip_version not in (4, 6) or self.node_count <= 0:
             raise MmdbError(f"{path}: record size {self.record_size}, IP version {self.ip_version}")
         self._node_bytes = self.record_size // 4
         self._tree_size = self._node_bytes * self.node_count
         if self._tree_size + DATA_SEPARATOR > start:
             raise MmdbError(f"{path}: search tree larger than the file")
-        data_start = self._tree_size + DATA_SEPARATOR
-        self._data = _Decoder(self._buffer, data_start)
+        self._data_start = self._tree_size + DATA_SEPARATOR
+        self._data_size = start - self._data_start  # the data section ends where the marker begins
         self._ipv4_start = self._ipv4_root()
 
     def _ipv4_root(self) -> int:
@@ -68,10 +82,9 @@ class Reader:
         return node
 
     def _record(self, node: int, bit: int) -> int:
-        offset = node * self._node_bytes
-        raw = bytes(self._buffer[offset : offset + self._node_bytes])
+        raw = os.pread(self._fd, self._node_bytes, node * self._node_bytes)
         if len(raw) != self._node_bytes:
-            raise MmdbError("search tree node outside the file")
+            raise MmdbError("search tree node outside the file (truncated?)")
         if self.record_size == 24:
             return int.from_bytes(raw[3:6] if bit else raw[0:3], "big")
         if self.record_size == 28:
@@ -96,28 +109,45 @@ class Reader:
             return None
         if node < self.node_count:
             raise MmdbError("search tree deeper than the address")
-        record, _ = self._data.decode(self._data.base + node - self.node_count - DATA_SEPARATOR)
+        offset = node - self.node_count - DATA_SEPARATOR
+        if not 0 <= offset < self._data_size:
+            raise MmdbError("record outside the data section")
+        decoder = _Decoder(self._fd, self._data_start, self._data_start + self._data_size)
+        record, _ = decoder.decode(self._data_start + offset)
         return record
 
     def close(self) -> None:
-        self._buffer.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:  # the lookup drops a reader when its file is replaced
+        with contextlib.suppress(AttributeError, OSError):  # AttributeError: its open failed
+            self.close()
 
 
 class _Decoder:
-    """Values of the data section (or the metadata): pointers are relative to `base`."""
+    """Values of the data section (or the metadata) for one lookup: pointers are relative to
+    `base`, nothing is read at or past `end`, a pointer's target is decoded once."""
 
-    def __init__(self, buffer: Any, base: int) -> None:
-        self.buffer, self.base = buffer, base
+    def __init__(self, fd: int, base: int, end: int) -> None:
+        self.fd, self.base, self.end = fd, base, end
+        self.values = 0
+        self._targets: dict[int, Any] = {}
 
     def _bytes(self, offset: int, size: int) -> bytes:
-        if offset < 0 or offset + size > len(self.buffer):
-            raise MmdbError("data outside the file")
-        return bytes(self.buffer[offset : offset + size])
+        if offset < 0 or offset + size > self.end:
+            raise MmdbError("data outside its section")
+        raw = os.pread(self.fd, size, offset)
+        if len(raw) != size:
+            raise MmdbError("data outside the file (truncated?)")
+        return raw
 
     def decode(self, offset: int, depth: int = 0) -> tuple[Any, int]:
         """The value at offset and the offset after it."""
-        if depth > MAX_DEPTH:
-            raise MmdbError("data nested too deep (a pointer cycle?)")
+        self.values += 1
+        if depth > MAX_DEPTH or self.values > MAX_VALUES:
+            raise MmdbError("data nested too deep or too large (a crafted file?)")
         control = self._bytes(offset, 1)[0]
         offset += 1
         kind = control >> 5
@@ -133,8 +163,12 @@ class _Decoder:
                 target = ((low << 24) | int.from_bytes(raw, "big")) + 526336
             else:
                 target = int.from_bytes(raw, "big")
-            value, _ = self.decode(self.base + target, depth + 1)
-            return value, offset + size + 1
+            where = self.base + target
+            if where not in self._targets:
+                if self._bytes(where, 1)[0] >> 5 == 1:
+                    raise MmdbError("a pointer to a pointer")
+                self._targets[where], _ = self.decode(where, depth + 1)
+            return self._targets[where], offset + size + 1
         if kind == 0:  # extended type in the next byte
             kind = 7 + self._bytes(offset, 1)[0]
             offset += 1
@@ -150,7 +184,9 @@ class _Decoder:
             result: dict[str, Any] = {}
             for _ in range(size):
                 key, offset = self.decode(offset, depth + 1)
-                result[str(key)], offset = self.decode(offset, depth + 1)
+                if not isinstance(key, str):
+                    raise MmdbError("a map key that is not a string")
+                result[key], offset = self.decode(offset, depth + 1)
             return result, offset
         if kind == 11:  # array
             items = []

@@ -88,7 +88,8 @@ def _add_scope(parser: argparse.ArgumentParser) -> None:
         "--iredadmin-settings",
         metavar="PATH",
         type=Path,
-        help="iRedAdmin-Pro's settings.py (default: /opt/www/iredadmin/settings.py when present)",
+        help="iRedAdmin-Pro's settings.py (default: /opt/www/iredadmin/settings.py, on FreeBSD "
+        "/usr/local/www/iredadmin/settings.py, when present)",
     )
     group.add_argument(
         "--install-missing",

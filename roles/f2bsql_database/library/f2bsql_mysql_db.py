@@ -164,7 +164,8 @@ def predict(module, cur, db, schema):
 def apply_schema(module, db, schema):
     """(before, after) fingerprints; in check mode `after` is `before` plus the statements the
     script would run (predict)."""
-    conn = mysql_connect(module, database=db, multi_statements=True)
+    # In check mode one statement per call: a SET of the script can never carry a second one.
+    conn = mysql_connect(module, database=db, multi_statements=not module.check_mode)
     try:
         with conn.cursor() as cur:
             before = fingerprint(cur, db)
