@@ -15,6 +15,9 @@ Options: port, protocol (as the command action); config (settings file, as the h
 --config); hostname (as the helper's --hostname); retry (seconds to spool directly after the
 database failed before trying it again, 30); lib (the directory that holds f2bsql_host).
 
+The jail's thread only queues an event; the jail's writer thread (f2bsql_host.writer) writes
+them, a burst's bans in batches. flush, reload and stop wait until the queue is written.
+
 New package files are only read by a new fail2ban-server: the role restarts fail2ban when the
 package or this file changes (a `reload` keeps the loaded code).
 """
@@ -26,7 +29,7 @@ import logging
 import sys
 import threading
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from fail2ban.server.action import ActionBase  # type: ignore[import-not-found]
 
@@ -48,7 +51,7 @@ def load_host_package(lib: str) -> dict[str, ModuleType]:
         return modules
 
 
-_MODULES = ("checks", "events", "report", "runner", "settings")
+_MODULES = ("checks", "events", "report", "runner", "settings", "writer")
 
 
 class BannedDbAction(ActionBase):  # type: ignore[misc]
@@ -58,13 +61,21 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
     `reload()` and `clearAllParams()`: without them it would build a second instance, count it
     obsolete, unban every address through it (deleting this host's rows while the bans stay)
     and drop the action, so that the jail recorded nothing afterwards.
+
+    Every call queues its event (a maker of it) on the jail's writer and returns; the writer's
+    thread makes the events (what a ban looks up, its country and fail2ban's record of the
+    address, is looked up there, off the jail's thread) and records them through the runner, in
+    the order they came.
     """
 
     def __init__(self, jail: Any, name: str, **options: str) -> None:
         super().__init__(jail, name)
-        # The jail's thread and the command thread (banip/unbanip) may both call in.
+        # The writer's thread uses the runner; reload replaces it (after the queue is written).
         self._lock = threading.Lock()
         self._runner: Any = None
+        # The jail's thread and the command thread (banip, unbanip, flush) put; stop ends the writer.
+        self._writer_lock = threading.Lock()
+        self._writer: Any = None
         self._configure(**options)
 
     def _configure(
@@ -90,64 +101,115 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         if old is not None:
             old.close()
 
+    def _wait(self) -> float:
+        """How long flush, reload and stop wait for the queue: a replay and a few statements."""
+        settings = self._runner.settings
+        return float(self._runner.replay_budget + 4 * settings.timeout)
+
+    def _put(self, make: Callable[[], Any]) -> None:
+        """Queue the maker of an event (the writer starts with the first, and again after a stop)."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self._host["writer"].Writer(self._write, name=f"f2b/banned_db/{self._jail_name}")
+            # Under the lock: stop() takes the writer away only between two puts, never during one.
+            if not self._writer.put(make):
+                self._logSys.error("[%s] banned_db: the writer is closed; event not recorded", self._jail.name)
+
+    def _write(self, makers: list[Callable[[], Any]]) -> None:
+        """The writer's thread: make the events and record them, in order. One event's fault
+        costs that event only, as fail2ban's own guard around each action call did."""
+        with self._lock:
+            events = self._made(makers)
+            try:
+                self._runner.record_all(events)
+            except Exception as exc:  # record_all logs and goes on; this is the last guard
+                self._logSys.error("[%s] banned_db: %d event(s) not recorded: %s", self._jail.name, len(events), exc)
+
+    def _drain(self) -> None:
+        with self._writer_lock:
+            writer = self._writer
+        if writer is not None and not writer.drain(self._wait()):
+            self._logSys.error("[%s] banned_db: events still queued after %g s", self._jail.name, self._wait())
+
     def clearAllParams(self) -> None:
         """fail2ban's reload begins: nothing to clear, every option comes back through reload()."""
 
     def reload(self, **options: str) -> None:
-        """fail2ban's reload ends: the jail's options as they are now (the settings file is read again).
+        """fail2ban's reload ends: the queue is written, then the jail's options are taken as they
+        are now (the settings file is read again).
 
         New ports or protocol are recorded as a start records them (`sync` makes rows with them)."""
+        self._drain()
         before = (self._port, self._protocol)
         self._configure(**options)
         if (self._port, self._protocol) != before:
             self.start()
-
-    def _record(self, make: Any) -> None:
-        """Record the event make() builds (from the options of the moment, under the lock)."""
-        with self._lock:
-            try:
-                self._runner.record(make())
-            except self._host["report"].HelperError as exc:
-                # Not even spooled: say so loudly; fail2ban's own ban stands regardless.
-                self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
+            self._drain()
 
     def _hostname(self) -> str:
         return str(self._runner.settings.hostname)
 
     def start(self) -> None:
         events = self._host["events"]
-        self._record(lambda: events.Start(self._jail_name, self._hostname(), self._port, self._protocol))
+        start = events.Start(self._jail_name, self._hostname(), self._port, self._protocol)
+        self._put(lambda: start)
 
     def flush(self) -> bool:
         """Every ban of the jail is lifted at once (the jail stops, `unban --all`): one statement
         instead of one unban per address. True tells fail2ban not to unban them one by one."""
-        events = self._host["events"]
-        self._record(lambda: events.Flush(self._jail_name, self._hostname()))
+        flush = self._host["events"].Flush(self._jail_name, self._hostname())
+        self._put(lambda: flush)
+        self._drain()
         return True
 
     def stop(self) -> None:
-        events = self._host["events"]
-        self._record(lambda: events.Stop(self._jail_name, self._hostname()))
-        with self._lock:
-            self._runner.close()
+        """The jail stops: its rows go; the queue is written first, and the writer ends."""
+        stop = self._host["events"].Stop(self._jail_name, self._hostname())
+        self._put(lambda: stop)
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        left = writer.close(self._wait())
+        with self._lock:  # after the batch the writer had in hand, if it is still writing it
+            try:
+                if left:
+                    self._logSys.error(
+                        "[%s] banned_db: %d event(s) still queued at stop: spooled", self._jail.name, len(left)
+                    )
+                    self._runner.spool_all(self._made(left), "the jail stopped before they were written")
+            finally:
+                self._runner.close()
+
+    def _made(self, makers: list[Callable[[], Any]]) -> list[Any]:
+        events = []
+        for make in makers:
+            try:
+                events.append(make())
+            except Exception as exc:
+                self._logSys.error("[%s] banned_db: event not recorded: %s", self._jail.name, exc)
+        return events
 
     def ban(self, aInfo: Any) -> None:
         checks = self._host["checks"]
         try:
-            event = self._host["events"].ban_event(
-                self._runner.settings,
-                checks.check_ip(str(aInfo["ip"])),
-                self._port,
-                self._protocol,
-                self._jail_name,
-                checks.check_failures(str(aInfo["ipjailfailures"])),
-                checks.encode_loglines([str(aInfo["ipjailmatches"])]),
-                checks.check_time(str(aInfo["time"])),
-            )
+            ip = checks.check_ip(str(aInfo["ip"]))
+            began = checks.check_time(str(aInfo["time"]))
         except checks.InvalidValue as exc:
             self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
             return
-        self._record(lambda: event)
+        settings, ports, protocol, jail = self._runner.settings, self._port, self._protocol, self._jail_name
+        events = self._host["events"]
+
+        def make() -> Any:
+            # In the writer's thread: the country (a lookup in a data file), and the address's
+            # failures and log lines, which fail2ban reads from its own database (a query per
+            # ban, which would hold the jail's thread). fail2ban records the ban itself in that
+            # database asynchronously: whether the figures include this ban's own was a race for
+            # the command action's tags too; read later, they mostly do.
+            failures = checks.check_failures(str(aInfo["ipjailfailures"]))
+            loglines = checks.encode_loglines([str(aInfo["ipjailmatches"])])
+            return events.ban_event(settings, ip, ports, protocol, jail, failures, loglines, began)
+
+        self._put(make)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)
@@ -164,7 +226,8 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
             reason = events.unban_reason(float(aInfo["time"]), float(aInfo["bantime"]))
         except (KeyError, TypeError, ValueError):  # a time it cannot read only costs the history its "expired"
             reason = events.unban_reason(None, None)
-        self._record(lambda: events.Unban((ip,), self._hostname(), self._jail_name, reason))
+        unban = events.Unban((ip,), self._hostname(), self._jail_name, reason)
+        self._put(lambda: unban)
 
 
 Action = BannedDbAction

@@ -39,6 +39,7 @@ from testbed import (
     b64,
     closed_port,
     record_figure,
+    table_locked,
     wait_for,
 )
 
@@ -149,29 +150,6 @@ def test_database_crash_mid_burst_through_the_python_action(
 LOCK_SECONDS = 30
 
 
-@contextlib.contextmanager
-def table_locked(db: Database) -> Iterator[None]:
-    """Another session holds `banned` locked, as a long report or a stuck migration would.
-
-    MariaDB: LOCK TABLES ... WRITE (even reads wait); PostgreSQL: ACCESS EXCLUSIVE in an open
-    transaction. Taken as the database's own user, on a connection of its own.
-    """
-    other = type(db)(db.server, db.name, db.password)
-    conn = other.conn
-    with conn.cursor() as cursor:
-        if db.backend == "mysql":
-            cursor.execute("LOCK TABLES banned WRITE")
-        else:
-            conn.autocommit = False
-            cursor.execute("LOCK TABLE banned IN ACCESS EXCLUSIVE MODE")
-    try:
-        yield
-    finally:
-        with conn.cursor() as cursor:
-            cursor.execute("UNLOCK TABLES" if db.backend == "mysql" else "COMMIT")
-        other.close()
-
-
 def _spooled_bans(host: Host, count: int) -> bool:
     return len(_spool_times(host)) == count
 
@@ -206,7 +184,8 @@ def test_a_lock_held_30_s_on_banned_does_not_hold_fail2ban_up(
     make_db: Callable[..., Database], make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
 ) -> None:
     """fail2ban bans on (status lists every address while the lock is held); the helper and the
-    Python action give up within their timeout and spool; after the lock, the next event replays.
+    Python action's writer give up within their timeout and spool (the Python action's jail does not
+    wait at all); after the lock, the next event replays.
 
     Both backends and both actions share one 30 s window: four fail2ban servers, two databases.
     """
@@ -246,10 +225,15 @@ def test_a_lock_held_30_s_on_banned_does_not_hold_fail2ban_up(
         wait_for(lambda: time.time() - locked_at >= LOCK_SECONDS, "the end of the lock", timeout=LOCK_SECONDS)
     spooled = {case: _spool_times(host) for case, host in hosts.items()}
     latency = {case: [spooled[case][ip] - seen[(case, ip)] for ip in addresses[case[1]]] for case in cases}
+    banned_in: dict[str, float] = {}
     for (backend, kind), waited in latency.items():
         assert max(waited) < give_up[backend], f"{backend}, {kind}: a ban was held {max(waited):.1f} s"
-        if kind == "python":  # it waits once, then spools at once for its retry pause
-            assert sorted(waited)[-2] < 2, f"{backend}: the Python action kept waiting: {waited}"
+        if kind == "python":
+            # The jail's thread never waits for the database (the action's writer does, once for
+            # all it holds): fail2ban bans every address as fast as with the database well.
+            times = [seen[((backend, kind), ip)] for ip in addresses[kind]]
+            banned_in[backend] = max(times) - min(times)
+            assert banned_in[backend] < 3, f"{backend}: the Python action held the jail: {banned_in[backend]:.1f} s"
 
     # The lock is gone: the next ban on each host replays its spool first (no cron needed).
     last_pause_start = max(min(spooled[(backend, "python")].values()) for backend in BACKENDS)
@@ -272,7 +256,8 @@ def test_a_lock_held_30_s_on_banned_does_not_hold_fail2ban_up(
             f"lock on banned held {LOCK_SECONDS} s ({backend}, helper timeout {timeout} s): fail2ban banned"
             f" all {len(seen) // 2} addresses within {banned_within - locked_at:.1f} s of the lock; a helper gave"
             f" up and spooled after median {statistics.median(command):.1f} s (max {max(command):.1f} s) per"
-            f" ban, the Python action after {max(python):.1f} s once, then at once; 0 lost, 0 duplicates"
+            f" ban; the Python action's jail banned its {len(python)} within {banned_in[backend]:.1f} s and its"
+            f" writer spooled them after {max(python):.1f} s, all at once; 0 lost, 0 duplicates"
         )
 
 
@@ -469,16 +454,20 @@ def test_a_database_that_stops_answering_mid_connection_is_given_up_on(
     try:
         began = time.monotonic()
         fail2ban.banip("192.0.2.2")  # fail2ban-client gives up after 60 s: the test cannot hang
+        banned = time.monotonic() - began
+        # The ban itself never waits (the action's writer does): the writer gives up within the
+        # client's timeout and spools the event.
+        wait_for(lambda: len(host.spooled()) == 1, "the ban spooled", timeout=host.timeout * 2 + 5, interval=0.05)
         took = time.monotonic() - began
-        spooled = len(host.spooled())
     finally:
         own_server.thaw()
-    assert took < host.timeout * 2 + 3, f"the ban waited {took:.1f} s on a frozen database"
-    assert spooled == 1
+    assert banned < 2, f"banip waited {banned:.1f} s on a frozen database"
+    assert took < host.timeout * 2 + 3, f"the writer waited {took:.1f} s on a frozen database"
     own_db.close()
     host.ok("replay")
     assert sorted(row["ip"] for row in own_db.banned()) == ["192.0.2.1", "192.0.2.2"]
     record_figure(
         f"database frozen mid-connection ({own_db.backend}, Python action, timeout {host.timeout} s):"
-        f" the ban gave up after {took:.1f} s and was spooled, replayed afterwards"
+        f" banip returned in {banned:.2f} s, the writer gave up after {took:.1f} s and spooled the ban,"
+        " replayed afterwards"
     )

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -207,6 +208,20 @@ class Database:
         marks = ", ".join(["%s"] * len(row))
         self.execute(f"INSERT INTO banned ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
 
+    # --- a shared database as a fleet fills it
+
+    def fill_fleet(self, hosts: int = 50, rows: int = 100_000, history: int = 1_000_000) -> None:
+        """Other hosts' bans, as a central server of a fleet holds them: `rows` rows of `banned`
+        (one in a hundred marked for removal, as a panel leaves them until the host's next cron
+        run), `history` rows of `banned_history` (ended over the last 30 days) and seven jails
+        each, spread over `hosts` hosts named fleet00.example.test ... Made by the server itself,
+        then the tables are analysed, as a server that has run a while has them."""
+        made = FLEET_SQL[self.backend]
+        for name, count in (("jails", hosts * len(FLEET_JAILS)), ("banned", rows), ("history", history)):
+            self.execute(made[name].format(**made["parts"]), (hosts, count))
+        for statement in made["analyze"].split(";"):
+            self.execute(statement)
+
     # --- the schema as the catalogs describe it
 
     def fingerprint(self) -> tuple[Any, ...]:
@@ -234,6 +249,112 @@ class Database:
             "password": self.password,
             "database": self.name,
         }
+
+
+@contextlib.contextmanager
+def table_locked(db: Database) -> Iterator[None]:
+    """Another session holds `banned` locked, as a long report or a stuck migration would.
+
+    MariaDB: LOCK TABLES ... WRITE (even reads wait); PostgreSQL: ACCESS EXCLUSIVE in an open
+    transaction. Taken as the database's own user, on a connection of its own.
+    """
+    other = type(db)(db.server, db.name, db.password)
+    conn = other.conn
+    with conn.cursor() as cursor:
+        if db.backend == "mysql":
+            cursor.execute("LOCK TABLES banned WRITE")
+        else:
+            conn.autocommit = False
+            cursor.execute("LOCK TABLE banned IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute("UNLOCK TABLES" if db.backend == "mysql" else "COMMIT")
+        other.close()
+
+
+class LockedFor(NamedTuple):
+    """A table_locked held by a thread of its own for a while (see locked_for)."""
+
+    thread: threading.Thread
+    released: list[float]  # time.monotonic() when the lock went, once it has
+
+
+def locked_for(db: Database, seconds: float) -> LockedFor:
+    """Lock `banned` (table_locked) now and release it `seconds` later from another thread: what
+    writes to it meanwhile waits, so whatever queues up behind those writes stays queued."""
+    held = threading.Event()
+    released: list[float] = []
+
+    def hold() -> None:
+        with table_locked(db):
+            held.set()
+            time.sleep(seconds)
+        released.append(time.monotonic())
+
+    thread = threading.Thread(target=hold, name="f2bsql-test-lock", daemon=True)
+    thread.start()
+    assert held.wait(10), "could not lock the table"
+    return LockedFor(thread, released)
+
+
+# What Database.fill_fleet runs. jails, banned, history: INSERT ... SELECT over the numbers
+# n = 0 .. count - 1 ({seq}), with the parameters (hosts, count); {jail}, {ip}, {host}: what n
+# gives; analyze: the statements that refresh the planner's statistics. Constants only.
+FLEET_JAILS = ("dovecot", "postfix", "sshd", "roundcube", "nginx-http-auth", "postfix-pregreet", "sogo")
+_JAIL_LIST = ", ".join(f"'{jail}'" for jail in FLEET_JAILS)
+_DIGITS = "(SELECT 0 AS d" + "".join(f" UNION ALL SELECT {d}" for d in range(1, 10)) + ")"
+_NUMBER = "a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d"
+_MYSQL_SEQ = (
+    f"(SELECT {_NUMBER} AS n FROM {' CROSS JOIN '.join(f'{_DIGITS} AS {a}' for a in 'abcefg')}) AS seq WHERE n < %s"  # noqa: S608
+)
+_FLEET_INSERTS = {
+    "jails": "INSERT INTO jails (name, hostname, enabled, ports, protocol)"
+    " SELECT {jail}, {host_of_jail}, 1, '993', 'tcp' FROM {seq}",
+    "banned": "INSERT INTO banned (ip, ports, protocol, jail, hostname, country, rdns, rdns_checked, failures,"
+    " loglines, {q}timestamp{q}, {q}remove{q}) SELECT {ip}, '993', 'tcp', {jail}, {host}, 'DE, Germany', '', 1, 3,"
+    " '', {now} - {seconds_86400}, {one_in_100} FROM {seq}",
+    "history": "INSERT INTO banned_history (ip, ports, protocol, jail, hostname, country, rdns, failures,"
+    " loglines, banned_at, ended_at, reason) SELECT {ip}, '993', 'tcp', {jail}, {host}, 'DE, Germany', '', 3, '',"
+    " {now} - {seconds_30_days} - {one_hour}, {now} - {seconds_30_days}, 'expired' FROM {seq}",
+}
+FLEET_SQL: dict[str, dict[str, Any]] = {
+    "mysql": {
+        **_FLEET_INSERTS,
+        "parts": {
+            "seq": _MYSQL_SEQ,
+            "jail": f"ELT(1 + n MOD 7, {_JAIL_LIST})",
+            "ip": "CONCAT('10.', n DIV 65536 MOD 256, '.', n DIV 256 MOD 256, '.', n MOD 256)",
+            "host": "CONCAT('fleet', LPAD(n MOD %s, 2, '0'), '.example.test')",
+            "host_of_jail": "CONCAT('fleet', LPAD(n DIV 7 MOD %s, 2, '0'), '.example.test')",
+            "now": "UTC_TIMESTAMP()",
+            "seconds_86400": "INTERVAL (n MOD 86400) SECOND",
+            "seconds_30_days": "INTERVAL (n MOD 2592000) SECOND",
+            "one_hour": "INTERVAL 1 HOUR",
+            "one_in_100": "IF(n MOD 100 = 99, 1, 0)",
+            "q": "`",
+        },
+        "analyze": "ANALYZE TABLE banned, banned_history, jails",
+    },
+    "pgsql": {
+        **_FLEET_INSERTS,
+        "parts": {
+            "seq": "generate_series(0, %s - 1) AS n",
+            "jail": f"(ARRAY[{_JAIL_LIST}])[1 + mod(n, 7)]",
+            "ip": "'10.' || mod(n / 65536, 256) || '.' || mod(n / 256, 256) || '.' || mod(n, 256)",
+            "host": "'fleet' || lpad(mod(n, %s)::text, 2, '0') || '.example.test'",
+            "host_of_jail": "'fleet' || lpad(mod(n / 7, %s)::text, 2, '0') || '.example.test'",
+            "now": "date_trunc('second', now() AT TIME ZONE 'UTC')",
+            "seconds_86400": "mod(n, 86400) * interval '1 second'",
+            "seconds_30_days": "mod(n, 2592000) * interval '1 second'",
+            "one_hour": "interval '1 hour'",
+            "one_in_100": "CASE WHEN mod(n, 100) = 99 THEN 1 ELSE 0 END",
+            "q": "",
+        },
+        "analyze": "ANALYZE banned; ANALYZE banned_history; ANALYZE jails",
+    },
+}
 
 
 def mysql_admin(server: Server) -> Any:
@@ -599,33 +720,31 @@ datepattern = {NONE}
 """
 
 # The two ways a jail records its bans: the command action (a helper process per event) or the
-# Python action inside fail2ban-server (loads the helper under test as a module).
+# Python action inside fail2ban-server (loads the helper under test as a module); "none" records
+# nothing (the benchmarks' floor: fail2ban and its firewall action alone).
 RECORD_ACTIONS = {
     "command": 'banned_db[name={jail}, port="{ports}", protocol=tcp]',
     "python": 'banned_db.py[port="{ports}", protocol=tcp, lib=' + str(HOST_LIB) + "]",
+    "none": "",
 }
 
-JAIL_CONF = """\
+JAIL_DEFAULT = """\
 [DEFAULT]
 backend = polling
 maxretry = 2
 findtime = 600
 bantime = 3600
 usedns = no
+"""
 
-[dovecot]
+# An empty action line (no firewall, or no recording action) is one fail2ban skips.
+JAIL_SECTION = """
+[{jail}]
 enabled = {enabled}
 filter = f2bsql-test
 logpath = {logfile}
-action = {dovecot_firewall}
-         {dovecot_record}
-
-[postfix]
-enabled = {enabled}
-filter = f2bsql-test
-logpath = {postfix_logfile}
-action = {postfix_firewall}
-         {postfix_record}
+action = {firewall}
+         {record}
 """
 
 
@@ -634,12 +753,16 @@ class Fail2ban:
 
     JAILS = ("dovecot", "postfix")
 
-    def __init__(self, root: Path, helper_config: Path, action: str = "command", firewall: bool = True) -> None:
-        """`action`: "command" or "python" (see RECORD_ACTIONS); `firewall`: run the `dummy`
-        action beside it, as a real jail runs its firewall action (a process per ban)."""
+    def __init__(
+        self, root: Path, helper_config: Path, action: str = "command", firewall: bool = True, extra_jails: int = 0
+    ) -> None:
+        """`action`: one of RECORD_ACTIONS; `firewall`: run the `dummy` action beside it, as a real
+        jail runs its firewall action (a process per ban); `extra_jails`: more jails like postfix
+        (extra1, extra2, ...), each with its own log file."""
         assert action in RECORD_ACTIONS, action
         self.action = action
         self.firewall = firewall
+        self.jails = (*self.JAILS, *(f"extra{n}" for n in range(1, extra_jails + 1)))
         self.root = root
         self.conf = root / "conf"
         self.socket = root / "fail2ban.sock"
@@ -671,20 +794,26 @@ class Fail2ban:
         # fail2ban loads a Python action from its own action.d, as the role installs it.
         shutil.copy(PYTHON_ACTION, self.conf / "action.d" / "banned_db.py")
         (self.conf / "filter.d" / "f2bsql-test.conf").write_text(FILTER, encoding="utf-8")
-        (self.conf / "jail.conf").write_text(
-            JAIL_CONF.format(
+        sections = [
+            JAIL_SECTION.format(
+                jail=jail,
                 enabled=str(self.enabled).lower(),
-                logfile=self.logfile,
-                postfix_logfile=self.postfix_logfile,
-                dovecot_firewall=self._firewall("dovecot"),
-                postfix_firewall=self._firewall("postfix"),
-                dovecot_record=RECORD_ACTIONS[self.action].format(jail="dovecot", ports=DOVECOT_PORTS),
-                postfix_record=RECORD_ACTIONS[self.action].format(jail="postfix", ports=POSTFIX_PORTS),
-            ),
-            encoding="utf-8",
-        )
-        self.logfile.touch()
-        self.postfix_logfile.touch()
+                logfile=self._logfile(jail),
+                firewall=self._firewall(jail),
+                record=RECORD_ACTIONS[self.action].format(
+                    jail=jail, ports=DOVECOT_PORTS if jail == "dovecot" else POSTFIX_PORTS
+                ),
+            )
+            for jail in self.jails
+        ]
+        (self.conf / "jail.conf").write_text(JAIL_DEFAULT + "".join(sections), encoding="utf-8")
+        for jail in self.jails:
+            self._logfile(jail).touch()
+
+    def _logfile(self, jail: str) -> Path:
+        if jail == "dovecot":
+            return self.logfile
+        return self.postfix_logfile if jail == "postfix" else self.root / f"{jail}.log"
 
     def _firewall(self, jail: str) -> str:
         # Without a firewall action the first line is left empty, which fail2ban skips.
@@ -702,7 +831,7 @@ class Fail2ban:
         wait_for(lambda: self.client_rc("ping") == 0, "fail2ban-server to answer ping")
         self.pid = int(wait_for(self._read_pid, "fail2ban-server's pidfile"))
         if self.enabled:
-            wait_for(lambda: all(self.client_rc("status", jail) == 0 for jail in self.JAILS), "the jails to start")
+            wait_for(lambda: all(self.client_rc("status", jail) == 0 for jail in self.jails), "the jails to start")
 
     def kill(self) -> None:
         """SIGKILL, as the OOM killer does it: no action's stop runs, socket and database stay."""
@@ -786,7 +915,7 @@ class Fail2ban:
 
     def all_bans(self) -> set[tuple[str, str]]:
         """(jail, address) of every ban the server holds in its jails."""
-        return {(jail, ip) for jail in self.JAILS for ip in self.banned(jail)}
+        return {(jail, ip) for jail in self.jails for ip in self.banned(jail)}
 
     def banip(self, *ips: str, jail: str = "dovecot") -> None:
         self.client("set", jail, "banip", *ips)
@@ -796,7 +925,7 @@ class Fail2ban:
 
     def log_failures(self, *lines: str, jail: str = "dovecot") -> None:
         """Append lines the jail's filter will read (as a mail server's log would get them)."""
-        path = self.logfile if jail == "dovecot" else self.postfix_logfile
+        path = self._logfile(jail)
         with path.open("a", encoding="utf-8") as handle:
             handle.writelines(f"{line}\n" for line in lines)
 

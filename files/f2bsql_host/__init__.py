@@ -4,7 +4,8 @@ Installed by the role f2bsql_fail2ban in /usr/local/lib/f2bsql (LIB_DIR), beside
 the entry points /usr/local/bin/fail2ban_banned_db, /usr/local/bin/f2bsql and fail2ban's
 action.d/banned_db.py import it from there. Runs on the distro's python3 (3.9 or later) with
 the standard library and the one database driver the backend needs, imported only when a
-connection is made. Importing any module does nothing else.
+connection is made. Importing any module does nothing else; each command imports only what it
+needs (a `ban` process none of the cron run's code, which the helper forks for every event).
 
     report    exit codes, errors, log lines
     checks    what a jail, address, port list, protocol, count or time may be (also the role's)
@@ -14,7 +15,9 @@ connection is made. Importing any module does nothing else.
     events    the typed events, and their JSON form in the spool
     spool     events kept on disk while the database is away
     fail2ban  fail2ban's live bans and its own record of them
-    runner    record an event or spool it; the cron run (unban_db, sync)
+    runner    record an event or spool it (a burst's bans in one statement)
+    writer    the Python action's queue and the thread that writes it
+    maintenance  the cron run (unban_db, sync), which also asks fail2ban
     command   what both command lines share (usage errors, one run)
     helper    the fail2ban_banned_db command line
     admin     the f2bsql admin CLI

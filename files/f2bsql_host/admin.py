@@ -176,7 +176,9 @@ class Context:
         if jail is None:
             return None
         check_jail(jail)
-        names = self.db.jail_names()
+        if self.db.jail_known(jail):
+            return jail
+        names = self.db.jail_names()  # only to say which are known: it reads every host's
         if jail not in names:
             raise UsageError(f"unknown jail: {jail!r} (known: {', '.join(sorted(names)) or 'none'})")
         return jail
@@ -261,9 +263,9 @@ def _cmd_unban(ctx: Context, args: argparse.Namespace) -> int:
         log(f"marked {marked} ban(s) of {', '.join(sorted(found))} for removal ({', '.join(where)})")
     lifted = None
     if args.now and any(row.hostname == ctx.settings.hostname for row in rows):
-        from .runner import Runner  # only here: the cron run's code
+        from .maintenance import Maintenance  # only here: the cron run's code
 
-        runner = Runner(ctx.settings)
+        runner = Maintenance(ctx.settings)
         try:
             lifted = runner.unban_db()
             if not runner.ran:  # another unban_db run holds the lock: that one, or the next, lifts them

@@ -35,12 +35,13 @@ APPLICATION = "fail2ban_banned_db"  # PostgreSQL's application_name: who holds a
 
 # Bans per jail, host or country that began since a time, current and ended, and the addresses
 # banned most often (f2bsql stats); q is the backend's identifier quote. UNION, not UNION ALL: a ban
-# fail2ban restored after a restart has the same start as the history row its stop left.
+# fail2ban restored after a restart has the same start as the history row its stop left. A ban that
+# began since then ended since then too: `ended_at` (indexed) narrows the history to the window.
 _BEGAN = (
     "(SELECT {q}ip{q}, {q}jail{q}, {q}hostname{q}, {q}country{q}, {q}failures{q}, {q}timestamp{q} AS {q}began{q}"
     " FROM {q}banned{q} WHERE {q}timestamp{q} >= %s"
     " UNION SELECT {q}ip{q}, {q}jail{q}, {q}hostname{q}, {q}country{q}, {q}failures{q}, {q}banned_at{q}"
-    " FROM {q}banned_history{q} WHERE {q}banned_at{q} >= %s) AS {q}began_since{q}"
+    " FROM {q}banned_history{q} WHERE {q}banned_at{q} >= %s AND {q}ended_at{q} >= %s) AS {q}began_since{q}"
 )
 _COUNT_BY = (
     "SELECT {column}, COUNT(*), COUNT(DISTINCT {q}ip{q}) FROM {began}"
@@ -50,6 +51,11 @@ _TOP = (
     "SELECT {q}ip{q}, COUNT(*), SUM({q}failures{q}), COUNT(DISTINCT {q}hostname{q}), MAX({q}began{q})"
     " FROM {began} GROUP BY {q}ip{q} ORDER BY COUNT(*) DESC, SUM({q}failures{q}) DESC, {q}ip{q} LIMIT %s"
 )
+
+
+# The values of one row of `ban`: ip, ports, protocol, jail, hostname, country, rdns, failures,
+# loglines, timestamp (remove is 0).
+_BAN_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
 
 
 def _stats(q: str) -> dict[str, str]:
@@ -65,11 +71,11 @@ def _stats(q: str) -> dict[str, str]:
 # The one copy of every statement. Identifiers are constants; values are always parameters.
 SQL: dict[str, dict[str, str]] = {
     "mysql": {
+        # {rows}: one _BAN_ROW per ban; a burst's bans go in one statement.
         "ban": (
             "INSERT INTO `banned` (`ip`, `ports`, `protocol`, `jail`, `hostname`, `country`,"
             " `rdns`, `failures`, `loglines`, `timestamp`, `remove`)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
-            " ON DUPLICATE KEY UPDATE `id` = `id`"
+            " VALUES {rows} ON DUPLICATE KEY UPDATE `id` = `id`"
         ),
         # A start without ports (an older event, or iRedMail's action line) keeps the known ones.
         "start": (
@@ -117,6 +123,10 @@ SQL: dict[str, dict[str, str]] = {
             "SELECT `ip`, `ports`, `protocol`, `jail`, `hostname`, `country`, `rdns`, `failures`, `loglines`,"
             " `id`, `timestamp`, `remove` FROM `banned`{where} ORDER BY `timestamp` DESC, `id` DESC"
         ),
+        "jail_known": (
+            "SELECT EXISTS (SELECT 1 FROM `jails` WHERE `name` = %s)"
+            " OR EXISTS (SELECT 1 FROM `banned` WHERE `jail` = %s)"
+        ),
         "jail_names": "SELECT `name` FROM `jails` UNION SELECT `jail` FROM `banned`",
         "mark_remove": "UPDATE `banned` SET `remove` = 1 WHERE `id` IN ({marks}) AND `remove` = 0",
         **_stats("`"),
@@ -125,8 +135,7 @@ SQL: dict[str, dict[str, str]] = {
         "ban": (
             "INSERT INTO banned (ip, ports, protocol, jail, hostname, country,"
             " rdns, failures, loglines, timestamp, remove)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
-            " ON CONFLICT (ip, ports, protocol, jail, hostname) DO NOTHING"
+            " VALUES {rows} ON CONFLICT (ip, ports, protocol, jail, hostname) DO NOTHING"
         ),
         "start": (
             "INSERT INTO jails (name, hostname, enabled, ports, protocol) VALUES (%s, %s, 1, %s, %s)"
@@ -166,6 +175,9 @@ SQL: dict[str, dict[str, str]] = {
         "bans": (
             "SELECT ip, ports, protocol, jail, hostname, country, rdns, failures, loglines,"
             " id, timestamp, remove FROM banned{where} ORDER BY timestamp DESC, id DESC"
+        ),
+        "jail_known": (
+            "SELECT EXISTS (SELECT 1 FROM jails WHERE name = %s) OR EXISTS (SELECT 1 FROM banned WHERE jail = %s)"
         ),
         "jail_names": "SELECT name FROM jails UNION SELECT jail FROM banned",
         "mark_remove": "UPDATE banned SET remove = 1 WHERE id IN ({marks}) AND remove = 0",
@@ -235,6 +247,25 @@ class EndedBan(BanFields):
 
 def _marks(count: int) -> str:
     return ", ".join(["%s"] * count)
+
+
+# A multi-row INSERT stays well under the smallest max_allowed_packet in use (MySQL 5.7: 4 MB):
+# a ban's log lines may be 44 KB (32 KiB base64), the rest of a row is under 1.5 KB.
+STATEMENT_BYTES = 1_000_000
+_ROW_BYTES = 1536
+
+
+def _ban_chunks(rows: Sequence[BanRow]) -> Iterator[Sequence[BanRow]]:
+    """The rows in order, in chunks of at most BATCH rows and about STATEMENT_BYTES."""
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        row_size = _ROW_BYTES + len(row.loglines)
+        if index > start and (index - start >= BATCH or size + row_size > STATEMENT_BYTES):
+            yield rows[start:index]
+            start, size = index, 0
+        size += row_size
+    if start < len(rows):
+        yield rows[start:]
 
 
 def chunks(items: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
@@ -360,9 +391,10 @@ class Database:
         fetch: bool = False,
         where: Sequence[str] = (),
         cond: str = "",
+        rows: int = 1,
     ) -> Any:
-        """Run statement `name`: {marks} holds `count` parameters, {where} the FILTERS named, and
-        {cond} the condition statement `cond` (with its own {marks})."""
+        """Run statement `name`: {marks} holds `count` parameters, {where} the FILTERS named,
+        {cond} the condition statement `cond` (with its own {marks}) and {rows} `rows` rows."""
         statement = self.sql[name]
         if "{" in statement:
             clauses = " AND ".join(FILTERS[self.settings.backend][key] for key in where)
@@ -370,6 +402,7 @@ class Database:
                 marks=_marks(count),
                 where=f" WHERE {clauses}" if clauses else "",
                 cond=self.sql[cond].format(marks=_marks(count)) if cond else "",
+                rows=", ".join([_BAN_ROW] * rows),
             )
         with self._translated(name), self._conn.cursor() as cursor:
             cursor.execute(statement, tuple(params))
@@ -390,13 +423,20 @@ class Database:
     # The operations. Each is safe to repeat, which makes replaying the spool safe.
 
     def ban(self, row: BanRow) -> None:
-        self.execute(
-            "ban",
-            (
-                row.ip, row.ports, row.protocol, row.jail, row.hostname, row.country, row.rdns,
-                row.failures, row.loglines, datetime.datetime.strptime(row.timestamp, "%Y-%m-%d %H:%M:%S"),
-            ),
-        )  # fmt: skip
+        self.ban_rows([row])
+
+    def ban_rows(self, rows: Sequence[BanRow]) -> None:
+        """Insert these bans, BATCH to a statement (autocommit: one commit each) and at most
+        STATEMENT_BYTES of log lines; a row that exists already (the same ban recorded before)
+        is left as it is."""
+        for chunk in _ban_chunks(rows):
+            params: list[Any] = []
+            for row in chunk:
+                params += (
+                    row.ip, row.ports, row.protocol, row.jail, row.hostname, row.country, row.rdns,
+                    row.failures, row.loglines, datetime.datetime.strptime(row.timestamp, "%Y-%m-%d %H:%M:%S"),
+                )  # fmt: skip
+            self.execute("ban", params, rows=len(chunk))
 
     def start(self, jail: str, hostname: str, ports: str = "", protocol: str = "") -> None:
         self.execute("start", (jail, hostname, ports, protocol))
@@ -443,6 +483,11 @@ class Database:
         rows = self.execute("bans", [filters[key] for key in keys], fetch=True, where=keys)
         return [StoredBan(**_fields(row[:9]), id=int(row[9]), timestamp=row[10], remove=bool(row[11])) for row in rows]
 
+    def jail_known(self, jail: str) -> bool:
+        """Whether a host recorded with this jail, or a row holds it."""
+        [(known,)] = self.execute("jail_known", (jail, jail), fetch=True)
+        return bool(known)
+
     def jail_names(self) -> set[str]:
         """Every jail a host recorded with, or that holds a row."""
         return {str(name) for (name,) in self.execute("jail_names", (), fetch=True)}
@@ -456,12 +501,12 @@ class Database:
 
     def count_by(self, column: str, since: datetime.datetime) -> list[tuple[str, int, int]]:
         """(value, bans, addresses) per jail, hostname or country of bans begun since, most bans first."""
-        rows = self.execute(f"count_by_{column}", (since, since), fetch=True)
+        rows = self.execute(f"count_by_{column}", (since, since, since), fetch=True)
         return [(str(value or ""), int(bans), int(addresses)) for value, bans, addresses in rows]
 
     def top_addresses(self, since: datetime.datetime, limit: int) -> list[tuple[str, int, int, int, datetime.datetime]]:
         """(ip, bans, failures, hosts, latest ban) of the addresses banned most often."""
-        rows = self.execute("top_addresses", (since, since, limit), fetch=True)
+        rows = self.execute("top_addresses", (since, since, since, limit), fetch=True)
         return [(str(ip), int(n), int(f or 0), int(h), t) for ip, n, f, h, t in rows]
 
     def delete_ids(self, ids: Sequence[int], reason: str) -> int:

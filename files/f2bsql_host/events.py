@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .db import EXPIRED, UNBANNED, BanFields
-from .geo import country_of
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -86,9 +85,17 @@ def ban_event(settings: Settings, ip: str, ports: str, protocol: str, jail: str,
     """A ban of this host, with the address's country; the arguments are checked already."""
     return Ban(BanRow(
         ip=ip, ports=ports, protocol=protocol, jail=jail, hostname=settings.hostname,
-        country=country_of(ip, settings), rdns="", failures=failures, loglines=loglines,
+        country=_country_of(ip, settings), rdns="", failures=failures, loglines=loglines,
         timestamp=utc_timestamp(epoch),
     ))  # fmt: skip
+
+
+def _country_of(ip: str, settings: Settings) -> str:
+    if not settings.geoip:  # lookups off: not even the lookup's code is loaded
+        return ""
+    from .geo import country_of  # only when a ban needs a country: a `ban` process pays for it once
+
+    return country_of(ip, settings)
 
 
 def unban_reason(began: float | None, bantime: float | None, now: float | None = None) -> str:

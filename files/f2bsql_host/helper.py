@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .checks import (
     InvalidValue,
@@ -27,7 +28,12 @@ from .report import EXIT_OK, DatabaseUnavailable
 from .runner import Runner
 from .settings import load_settings
 
+if TYPE_CHECKING:
+    from .maintenance import Maintenance
+
 PROG = "fail2ban_banned_db"
+# The cron run's commands: only they load the code that talks to fail2ban (maintenance.py).
+MAINTENANCE = ("unban_db", "sync")
 
 
 def _cmd_start(runner: Runner, args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def _cmd_unban(runner: Runner, args: argparse.Namespace) -> int:
     return runner.record(Unban(tuple(ips), runner.settings.hostname, jail, reason))
 
 
-def _cmd_unban_db(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_unban_db(runner: Maintenance, args: argparse.Namespace) -> int:
     if args.history_days is not None:
         runner.settings.history_days = args.history_days
     if args.metrics_dir is not None:
@@ -79,7 +85,7 @@ def _cmd_unban_db(runner: Runner, args: argparse.Namespace) -> int:
     return runner.unban_db()
 
 
-def _cmd_sync(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_sync(runner: Maintenance, args: argparse.Namespace) -> int:
     return runner.sync()
 
 
@@ -145,5 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runner(args: argparse.Namespace) -> Runner:
+    settings = load_settings(args.config, args.hostname)
+    if args.command in MAINTENANCE:
+        from .maintenance import Maintenance  # not for an event (fail2ban waits for those)
+
+        return Maintenance(settings)
+    return Runner(settings)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    return run(PROG, build_parser(), argv, lambda args: Runner(load_settings(args.config, args.hostname)))
+    return run(PROG, build_parser(), argv, _runner)

@@ -1,40 +1,24 @@
-"""The helper's work: record an event now or spool it, and the cron run (unban_db, sync).
+"""The helper's work: record an event now, or spool it behind the ones still waiting.
 
 Runner is shared by the command-line helper (one event per process) and fail2ban's Python
-action (one Runner per jail, for the life of fail2ban-server).
+action (one Runner per jail, for the life of fail2ban-server). The cron run's work (unban_db,
+sync) is maintenance.Maintenance's, a Runner that also talks to fail2ban: neither the action
+nor a `ban` process loads that code.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import fcntl
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from .checks import FAILURES_MAX, InvalidValue, check_ip, check_time, encode_loglines
-from .db import GONE, REMOVED, SYNCED, Database, chunks
-from .events import Event, apply, ban_event
-from .fail2ban import (
-    RecordedBan,
-    client_failed,
-    fail2ban_client,
-    fail2ban_database_bans,
-    fail2ban_live,
-    fail2ban_recorded_bans,
-)
-from .rdns import reverse_names
-from .report import EXIT_FAILED, EXIT_OK, DatabaseUnavailable, EventRejected, Fail2banUnreachable, HelperError, log
+from .db import Database
+from .events import Ban, Event, apply
+from .report import EXIT_FAILED, EXIT_OK, DatabaseUnavailable, EventRejected, HelperError, log
 from .settings import Settings
 from .spool import Spool
 
-RDNS_BATCH = 256  # addresses looked up per cron run
-HISTORY_PRUNE_BATCH = 10_000  # history rows forgotten per cron run (a first run after long leaves more)
 # The event at hand waits this long for another process's replay before it goes behind it.
 SPOOL_LOCK_WAIT = 1.0
-# Seconds cron's run may spend replaying the spool (it runs every minute).
-CRON_REPLAY_BUDGET = 40.0
 
 
 class Runner:
@@ -56,8 +40,6 @@ class Runner:
             min(settings.replay_budget, settings.timeout) if in_process else settings.replay_budget
         )
         self._down_until = 0.0
-        self.ran = False  # the last unban_db run held the maintenance lock (did the work)
-        self.lifted = 0  # rows the last unban_db run lifted for a panel
 
     def close(self) -> None:
         if self.db is not None:
@@ -120,12 +102,7 @@ class Runner:
                 reason = str(exc)
             except EventRejected as exc:
                 # Refused for good: trying again would fail the same way. Kept aside, not lost.
-                try:
-                    name = self.spool.put(event, rejected=True)
-                except HelperError as spool_exc:
-                    raise HelperError(f"{exc}; {spool_exc}") from None
-                log(f"{exc}; event set aside in {self.spool.rejected}/{name}", error=True)
-                return EXIT_FAILED
+                return self._set_aside(event, exc)
         else:
             reason = "database unavailable or spool busy"
         try:
@@ -135,266 +112,79 @@ class Runner:
         log(f"{reason}; event spooled in {self.spool.path}", error=True)
         return EXIT_OK
 
-    @contextlib.contextmanager
-    def _maintenance_lock(self) -> Iterator[bool]:
-        """One cron-side run at a time (unban_db, sync): overlapping runs would act twice."""
-        lock_path = os.path.join(self.settings.spool_dir, "unban_db.lock")
-        try:
-            os.makedirs(self.settings.spool_dir, mode=0o700, exist_ok=True)
-            lock = open(lock_path, "a")  # noqa: SIM115
-        except OSError as exc:
-            raise HelperError(f"cannot lock {lock_path}: {exc}") from None
-        with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                yield False
-                return
-            yield True
+    def record_all(self, events: Sequence[Event]) -> None:
+        """Apply events in order, each run of consecutive bans as one statement (the Python
+        action's writer); what the database cannot take now is spooled, in order. Never raises:
+        what can be neither written nor spooled is logged and the rest goes on.
 
-    def unban_db(self) -> int:
-        """Lift this host's bans that a panel marked remove = 1 and delete their rows; then `sync`,
-        prune this host's history, and leave the figures of the run for Prometheus."""
-        began, self.ran, self.lifted = time.time(), False, 0
-        success = False
-        try:
-            code = self._maintain(lift=True)
-            success = code == EXIT_OK
-            return code
-        finally:
-            if self.ran:  # not when another run held the lock: that one reports
-                self._report(began, success)
-
-    def _report(self, began: float, success: bool) -> None:
-        from .metrics import LastRun, collect, write_textfile  # only the cron run needs them
-
-        now = time.time()
-        try:
-            LastRun(now, now - began, success, self.lifted).write(self.settings.spool_dir)
-        except OSError as exc:
-            log(f"cannot record this run in {self.settings.spool_dir}: {exc}", error=True)
-        if self.settings.metrics_dir and os.path.isdir(self.settings.metrics_dir):
-            write_textfile(self.settings.metrics_dir, collect(self.settings, self.db, now))
-
-    def sync(self) -> int:
-        """Make this host's rows match the bans fail2ban holds (see _sync)."""
-        return self._maintain(lift=False)
-
-    def _maintain(self, *, lift: bool) -> int:
-        what = "unban_db" if lift else "sync"
-        with self._maintenance_lock() as locked:
-            if not locked:
-                log(f"another unban_db or sync run is still working; leaving it to finish ({what})")
-                return EXIT_OK
-            self.ran = True
-            if not self.catch_up(budget=CRON_REPLAY_BUDGET):
-                raise DatabaseUnavailable(
-                    "database unavailable or spool not replayed yet; pending removals stay for the next run"
-                )
-            db = self.database()
-            host = self.settings.hostname
-            # This host's rows first, fail2ban's bans after: a ban that lands in between is in
-            # fail2ban's list without a row (inserted twice is a no-op), never a row without a ban.
-            rows = db.host_rows(host)
-            jails = db.host_jails(host)
-            pending = [row for row in rows if row[3]]
-            failed = False
-            try:
-                live = fail2ban_live(self.settings)
-            except Fail2banUnreachable:
-                if not lift or pending:
-                    raise
-                # Nothing to lift and fail2ban stopped: its bans come back when it starts, and the
-                # rows stay as they are. Not an error for cron to mail about every minute.
-                log("fail2ban is not running: nothing to lift, rows left as they are")
-            else:
-                state = _JailStates(live, jails, rows, self._restoring(rows, live))
-                lifted: dict[str, set[str]] = {}
-                if lift:
-                    failed, lifted = self._lift_removals(db, pending, state)
-                self._sync(db, rows, jails, live, lifted, state)
-            if lift and self.settings.rdns:
-                self._fill_rdns(db)
-            if lift and self.settings.history_days:
-                before = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(
-                    days=self.settings.history_days
-                )
-                pruned = db.prune_history(host, before, HISTORY_PRUNE_BATCH)
-                if pruned:
-                    log(f"history: forgot {pruned} ban(s) of this host that ended before {before:%Y-%m-%d %H:%M} UTC")
-            return EXIT_FAILED if failed else EXIT_OK
-
-    def _restoring(self, rows: list[tuple[int, str, str, int]], live: dict[str, set[str]]) -> dict[str, set[str]]:
-        """Per running jail, this host's rows' addresses that fail2ban's database holds as current bans
-        but the jail does not hold yet: fail2ban restores its bans after a jail starts, in the jail's
-        own time. Read only when some row's address is not live (no extra call otherwise)."""
-        absent: dict[str, set[str]] = {}
-        for _row_id, jail, ip, _remove in rows:
-            if jail in live and ip not in live[jail]:
-                absent.setdefault(jail, set()).add(ip)
-        restoring: dict[str, set[str]] = {}
-        now = time.time()
-        for jail, ips in absent.items():
-            recorded = fail2ban_database_bans(self.settings, jail) or {}
-            waiting = {ip for ip in ips if ip in recorded and recorded[ip].current(now)}
-            if waiting:
-                restoring[jail] = waiting
-                log(f"jail {jail} has {len(waiting)} ban(s) of its database not restored yet: left for the next run")
-        return restoring
-
-    def _lift_removals(
-        self, db: Database, pending: list[tuple[int, str, str, int]], state: _JailStates
-    ) -> tuple[bool, dict[str, set[str]]]:
-        """Unban through fail2ban, one call per jail and batch; (some call failed?, lifted addresses)."""
-        by_jail: dict[str, list[tuple[int, str]]] = {}
-        for row_id, jail, ip, _remove in pending:
-            by_jail.setdefault(jail, []).append((row_id, ip))
-        failed = False
-        lifted: dict[str, set[str]] = {}
-        for jail, items in sorted(by_jail.items()):
-            if not state.running(jail):
-                if state.gone(jail):
-                    # Nothing holds these bans any more; without this they would wait forever.
-                    db.delete_ids([row_id for row_id, _ip in items], GONE)
-                    log(f"jail {jail!r} is not running; removed {len(items)} stale row(s)")
-                continue
-            # A ban fail2ban has yet to restore would come back after an unbanip of it now, and the
-            # panel's removal with it: it waits for the next run.
-            items = [(row_id, ip) for row_id, ip in items if not state.restoring(jail, ip)]
-            for chunk in chunks(items):
-                valid = [ip for _row_id, ip in chunk if _valid_ip(ip)]
-                if valid:
-                    result = fail2ban_client(self.settings, "set", jail, "unbanip", *valid)
-                    if result.returncode != 0:
-                        log(f"fail2ban-client set {jail} unbanip failed: {client_failed(result)}", error=True)
-                        failed = True
-                        continue
-                self.lifted += db.delete_ids([row_id for row_id, _ip in chunk], REMOVED)
-                lifted.setdefault(jail, set()).update(valid)
-                log(f"unbanned {len(valid)} address(es) from jail {jail}")
-        return failed, lifted
-
-    def _sync(
-        self,
-        db: Database,
-        rows: list[tuple[int, str, str, int]],
-        jails: dict[str, tuple[str, str]],
-        live: dict[str, set[str]],
-        lifted: dict[str, set[str]],
-        state: _JailStates,
-    ) -> None:
-        """This host's rows of each jail fail2ban runs become its live bans.
-
-        A row whose ban fail2ban no longer holds goes, unless a panel marked it (remove = 1: that is
-        unban_db's); a ban without a row gets one, with fail2ban's ban time, in a jail whose
-        banned_db action started on this host (table `jails`). Rows of jails fail2ban does not run
-        are left alone while fail2ban is starting or the jail is known to this host; rows of a jail
-        that is gone go.
+        A run of bans the server refuses as a whole is applied one ban at a time, so that only
+        the ban it refuses is set aside.
         """
-        host = self.settings.hostname
-        stale: list[int] = []
-        gone: list[int] = []
-        held: dict[str, set[str]] = {}
-        for row_id, jail, ip, remove in rows:
-            if state.running(jail):
-                held.setdefault(jail, set()).add(ip)
-                if not remove and ip not in live[jail] and not state.restoring(jail, ip):
-                    stale.append(row_id)
-            elif state.gone(jail) and not remove:
-                gone.append(row_id)
-        for ids, why in ((stale, SYNCED), (gone, GONE)):
-            if ids:
-                removed = db.delete_ids(ids, why)
-                log(f"sync: removed {removed} row(s) of bans fail2ban no longer holds ({why})")
-        added = 0
-        for jail in sorted(live):
-            missing = live[jail] - held.get(jail, set()) - lifted.get(jail, set())
-            if not missing or jail not in jails:
-                continue
-            ports, protocol = jails[jail]
-            if not ports or not protocol:
-                log(f"sync: jail {jail!r} holds {len(missing)} ban(s) without a row, but its ports are not"
-                    " known yet (its banned_db action records them at its next start)", error=True)  # fmt: skip
-                continue
-            recorded = fail2ban_recorded_bans(self.settings, jail)
-            for ip in sorted(missing):
-                if not _valid_ip(ip):
-                    continue
-                known = recorded.get(ip, RecordedBan(None, 0, ""))
-                event = ban_event(
-                    self.settings,
-                    check_ip(ip),
-                    ports,
-                    protocol,
-                    jail,
-                    min(max(known.failures, 0), FAILURES_MAX),
-                    encode_loglines([known.matches] if known.matches else []),
-                    _epoch_or_none(known.time),
-                )
-                db.ban(event.row)
-                added += 1
-        if added:
-            log(f"sync: added {added} row(s) for bans fail2ban holds without one (host {host})")
+        done = 0
+        for group in _runs_of_bans(events):
+            try:
+                if not self.catch_up():
+                    self.spool_all(events[done:], "database unavailable or spool busy")
+                    return
+                if isinstance(group[0], Ban):
+                    self.database().ban_rows([event.row for event in group])  # type: ignore[union-attr]
+                else:
+                    apply(self.database(), group[0])
+            except DatabaseUnavailable as exc:
+                self._failed()
+                self.spool_all(events[done:], str(exc))
+                return
+            except EventRejected as exc:
+                for event in group if len(group) > 1 else ():
+                    self._record_or_log(event)
+                if len(group) == 1:
+                    self._set_aside_or_log(group[0], exc)
+            except HelperError as exc:
+                log(f"{exc}: {len(group)} event(s) neither recorded nor spooled", error=True)
+            done += len(group)
 
-    def _fill_rdns(self, db: Database) -> None:
-        """Reverse DNS for new rows, off the ban path, within the run's time budget."""
-        rows = db.rdns_todo(self.settings.hostname, RDNS_BATCH)
-        if not rows:
-            return
-        names = reverse_names(sorted({ip for _row_id, ip in rows}), self.settings.rdns_budget)
-        for row_id, ip in rows:
-            # Not answered within the budget: left '' rather than retried every minute.
-            db.rdns_set(row_id, names.get(ip, ""))
+    def _record_or_log(self, event: Event) -> None:
+        try:
+            self.record(event)
+        except HelperError as exc:
+            log(f"{exc}: {type(event).__name__.lower()} event neither recorded nor spooled", error=True)
 
+    def _set_aside_or_log(self, event: Event, exc: EventRejected) -> None:
+        try:
+            self._set_aside(event, exc)
+        except HelperError as spool_exc:
+            log(f"{spool_exc}: {type(event).__name__.lower()} event lost", error=True)
 
-class _JailStates:
-    """What fail2ban says of each jail of this host, and what may be done with its rows.
+    def spool_all(self, events: Sequence[Event], why: str) -> None:
+        """Spool these events, in order (each one that cannot be is logged)."""
+        spooled = 0
+        for event in events:
+            try:
+                self.spool.put(event)
+                spooled += 1
+            except HelperError as exc:
+                log(f"{why}; {exc}: {type(event).__name__.lower()} event lost", error=True)
+        if spooled:
+            log(f"{why}; {spooled} event(s) spooled in {self.spool.path}", error=True)
 
-    fail2ban's socket answers before its jails exist (the configuration arrives in one command
-    after the server is up): while it runs no jail at all, nothing is touched. A jail that does
-    not run but whose banned_db action started and never stopped (a crash, a start under way) is
-    left alone too; only a jail that is neither running nor known is gone. A running jail restores
-    its bans after its start, one by one: an address its database still holds as a current ban,
-    not restored yet (`restoring`), is neither lifted nor counted stale until it is.
-    """
-
-    def __init__(
-        self,
-        live: dict[str, set[str]],
-        jails: dict[str, tuple[str, str]],
-        rows: list[tuple[int, str, str, int]],
-        restoring: dict[str, set[str]] | None = None,
-    ) -> None:
-        self.live = live
-        self.known = set(jails)
-        self._restoring = restoring or {}
-        self.starting = not live and bool(rows or jails)
-        if self.starting:
-            log("fail2ban runs no jail yet (starting?): this host's rows are left as they are")
-
-    def running(self, jail: str) -> bool:
-        return jail in self.live
-
-    def gone(self, jail: str) -> bool:
-        return not self.starting and jail not in self.live and jail not in self.known
-
-    def restoring(self, jail: str, ip: str) -> bool:
-        return ip in self._restoring.get(jail, ())
+    def _set_aside(self, event: Event, exc: EventRejected) -> int:
+        """Keep an event the database refused for good in the spool's rejected folder."""
+        try:
+            name = self.spool.put(event, rejected=True)
+        except HelperError as spool_exc:
+            raise HelperError(f"{exc}; {spool_exc}") from None
+        log(f"{exc}; event set aside in {self.spool.rejected}/{name}", error=True)
+        return EXIT_FAILED
 
 
-def _epoch_or_none(value: float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return check_time(str(value))
-    except InvalidValue:
-        return None
-
-
-def _valid_ip(value: str) -> bool:
-    try:
-        check_ip(value)
-    except InvalidValue:
-        log(f"skipping invalid address {value!r} found in the database", error=True)
-        return False
-    return True
+def _runs_of_bans(events: Sequence[Event]) -> Iterator[Sequence[Event]]:
+    """The events in order, consecutive bans together, every other event on its own."""
+    start = 0
+    for index, event in enumerate(events):
+        if not isinstance(event, Ban):
+            if start < index:
+                yield events[start:index]
+            yield events[index : index + 1]
+            start = index + 1
+    if start < len(events):
+        yield events[start:]

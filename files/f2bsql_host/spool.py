@@ -11,7 +11,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 
@@ -68,7 +67,7 @@ class Spool:
         try:
             self._ensure()
             os.makedirs(folder, mode=0o700, exist_ok=True)
-            name = f"{time.time_ns():020d}-{os.getpid():07d}-{secrets.token_hex(4)}.json"
+            name = f"{time.time_ns():020d}-{os.getpid():07d}-{os.urandom(4).hex()}.json"
             temporary = os.path.join(folder, f".{name}.tmp")
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:

@@ -147,6 +147,8 @@ ALTER TABLE banned ADD COLUMN IF NOT EXISTS rdns_checked INT2 NOT NULL DEFAULT 0
 
 CREATE UNIQUE INDEX IF NOT EXISTS uk_banned_ip_jail_host ON banned (ip, ports, protocol, jail, hostname);
 CREATE UNIQUE INDEX IF NOT EXISTS uk_jails_name_host ON jails (name, hostname);
+-- start, stop and every cron run read one host's jails: in a fleet's database, not all of them.
+CREATE INDEX IF NOT EXISTS idx_jails_hostname ON jails (hostname);
 CREATE INDEX IF NOT EXISTS idx_banned_hostname_remove ON banned (hostname, remove);
 CREATE INDEX IF NOT EXISTS idx_banned_hostname_rdns ON banned (hostname, rdns_checked);
 CREATE INDEX IF NOT EXISTS idx_banned_jail ON banned (jail);
