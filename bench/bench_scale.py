@@ -50,7 +50,10 @@ class Site:
         if fleet is not None:
             started = time.perf_counter()
             self.db.fill_fleet(hosts=50, rows=fleet[0], history=fleet[1])
-            print(f"  {backend}: filled in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+            [made] = self.db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT hostname) AS hosts FROM banned_history")
+            assert (int(made["n"]), int(made["hosts"])) == (fleet[1], 50), made
+            took = time.perf_counter() - started
+            print(f"  {backend}: {self.db.count()} rows, {made['n']} of history, in {took:.1f} s", file=sys.stderr)
         self.others = self.db.count()
         self.host = Host(self.db, "bench.example.test", self.root, self.root / "f2b" / "fail2ban.sock", timeout=10)
         self.fail2ban = Fail2ban(self.root / "f2b", self.host.config, action="python")
