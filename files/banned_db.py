@@ -76,6 +76,7 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         # The jail's thread and the command thread (banip, unbanip, flush) put; stop ends the writer.
         self._writer_lock = threading.Lock()
         self._writer: Any = None
+        self._stopped = False
         self._configure(**options)
 
     def _configure(
@@ -106,14 +107,23 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         settings = self._runner.settings
         return float(self._runner.replay_budget + 4 * settings.timeout)
 
-    def _put(self, make: Callable[[], Any]) -> None:
-        """Queue the maker of an event (the writer starts with the first, and again after a stop)."""
+    def _put(self, make: Callable[[], Any], *, starts: bool = False, stops: bool = False) -> Any:
+        """Queue the maker of an event; the writer starts with the first (and with a start after a
+        stop). `stops`: the last event, the writer is handed back (to close) and later events,
+        until a start, are not recorded: the jail has stopped."""
         with self._writer_lock:
+            if self._stopped and not starts:
+                self._logSys.error("[%s] banned_db: an event after the jail's stop, not recorded", self._jail.name)
+                return None
+            self._stopped = stops
             if self._writer is None:
                 self._writer = self._host["writer"].Writer(self._write, name=f"f2b/banned_db/{self._jail_name}")
-            # Under the lock: stop() takes the writer away only between two puts, never during one.
             if not self._writer.put(make):
                 self._logSys.error("[%s] banned_db: the writer is closed; event not recorded", self._jail.name)
+            writer = self._writer
+            if stops:
+                self._writer = None
+            return writer
 
     def _write(self, makers: list[Callable[[], Any]]) -> None:
         """The writer's thread: make the events and record them, in order. One event's fault
@@ -152,7 +162,7 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
     def start(self) -> None:
         events = self._host["events"]
         start = events.Start(self._jail_name, self._hostname(), self._port, self._protocol)
-        self._put(lambda: start)
+        self._put(lambda: start, starts=True)
 
     def flush(self) -> bool:
         """Every ban of the jail is lifted at once (the jail stops, `unban --all`): one statement
@@ -165,9 +175,9 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
     def stop(self) -> None:
         """The jail stops: its rows go; the queue is written first, and the writer ends."""
         stop = self._host["events"].Stop(self._jail_name, self._hostname())
-        self._put(lambda: stop)
-        with self._writer_lock:
-            writer, self._writer = self._writer, None
+        writer = self._put(lambda: stop, stops=True)
+        if writer is None:
+            return
         left = writer.close(self._wait())
         with self._lock:  # after the batch the writer had in hand, if it is still writing it
             try:

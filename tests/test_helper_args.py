@@ -7,9 +7,10 @@ database. Nothing of it may reach a shell or SQL, and a bad argument writes noth
 from __future__ import annotations
 
 import datetime
+import subprocess
 from typing import TYPE_CHECKING
 
-from testbed import DOVECOT_PORTS, unb64, write_private
+from testbed import BASE_ENV, DOVECOT_PORTS, HOST_LIB, SYSTEM_PYTHON, unb64, write_private
 
 if TYPE_CHECKING:
     from testbed import Database, Host
@@ -198,3 +199,26 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, f"{what}: {result}"
     assert host.spooled() == []
     assert db.count() == 0
+
+
+# Run a command of the helper in a fresh interpreter and print the package's modules it loaded.
+_LOADED = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from f2bsql_host.helper import main; code = main(sys.argv[2:]);"
+    " print(' '.join(sorted(m for m in sys.modules if m.startswith('f2bsql_host')))); sys.exit(code)"
+)
+
+
+def test_an_event_command_loads_none_of_the_cron_runs_code(db: Database, host: Host) -> None:
+    """fail2ban starts a helper process for every event: `ban` must not pay for the modules of
+    unban_db and sync (maintenance, and what it asks fail2ban with), nor, with country lookups
+    off, for the lookup's; `unban_db` loads them."""
+    argv = [SYSTEM_PYTHON, "-c", _LOADED, str(HOST_LIB), "--config", str(host.config)]
+    ban = ["ban", "192.0.2.7", DOVECOT_PORTS, "tcp", "dovecot", "3", "auth failure"]
+    done = subprocess.run([*argv, *ban], env=BASE_ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    cron = {f"f2bsql_host.{name}" for name in ("maintenance", "fail2ban", "rdns", "metrics", "geo", "admin")}
+    assert loaded & cron == set(), loaded
+    assert {"f2bsql_host.db", "f2bsql_host.runner"} <= loaded and db.banned(ip="192.0.2.7")
+    done = subprocess.run([*argv, "unban_db"], env=BASE_ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert {"f2bsql_host.maintenance", "f2bsql_host.fail2ban"} <= set(done.stdout.split()), done

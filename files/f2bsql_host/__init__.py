@@ -5,7 +5,7 @@ the entry points /usr/local/bin/fail2ban_banned_db, /usr/local/bin/f2bsql and fa
 action.d/banned_db.py import it from there. Runs on the distro's python3 (3.9 or later) with
 the standard library and the one database driver the backend needs, imported only when a
 connection is made. Importing any module does nothing else; each command imports only what it
-needs (a `ban` process none of the cron run's code, which the helper forks for every event).
+needs (a `ban` process none of the cron run's code: fail2ban starts one for every event).
 
     report    exit codes, errors, log lines
     checks    what a jail, address, port list, protocol, count or time may be (also the role's)

@@ -36,7 +36,8 @@ APPLICATION = "fail2ban_banned_db"  # PostgreSQL's application_name: who holds a
 # Bans per jail, host or country that began since a time, current and ended, and the addresses
 # banned most often (f2bsql stats); q is the backend's identifier quote. UNION, not UNION ALL: a ban
 # fail2ban restored after a restart has the same start as the history row its stop left. A ban that
-# began since then ended since then too: `ended_at` (indexed) narrows the history to the window.
+# began since then ended since then too (both times are the same host's clock, and the same naive
+# UTC): `ended_at`, indexed, narrows the history to the window.
 _BEGAN = (
     "(SELECT {q}ip{q}, {q}jail{q}, {q}hostname{q}, {q}country{q}, {q}failures{q}, {q}timestamp{q} AS {q}began{q}"
     " FROM {q}banned{q} WHERE {q}timestamp{q} >= %s"
@@ -124,8 +125,8 @@ SQL: dict[str, dict[str, str]] = {
             " `id`, `timestamp`, `remove` FROM `banned`{where} ORDER BY `timestamp` DESC, `id` DESC"
         ),
         "jail_known": (
-            "SELECT EXISTS (SELECT 1 FROM `jails` WHERE `name` = %s)"
-            " OR EXISTS (SELECT 1 FROM `banned` WHERE `jail` = %s)"
+            "(SELECT `name` FROM `jails` WHERE `name` = %s LIMIT 10)"
+            " UNION (SELECT `jail` FROM `banned` WHERE `jail` = %s LIMIT 10)"
         ),
         "jail_names": "SELECT `name` FROM `jails` UNION SELECT `jail` FROM `banned`",
         "mark_remove": "UPDATE `banned` SET `remove` = 1 WHERE `id` IN ({marks}) AND `remove` = 0",
@@ -177,7 +178,7 @@ SQL: dict[str, dict[str, str]] = {
             " id, timestamp, remove FROM banned{where} ORDER BY timestamp DESC, id DESC"
         ),
         "jail_known": (
-            "SELECT EXISTS (SELECT 1 FROM jails WHERE name = %s) OR EXISTS (SELECT 1 FROM banned WHERE jail = %s)"
+            "(SELECT name FROM jails WHERE name = %s LIMIT 10) UNION (SELECT jail FROM banned WHERE jail = %s LIMIT 10)"
         ),
         "jail_names": "SELECT name FROM jails UNION SELECT jail FROM banned",
         "mark_remove": "UPDATE banned SET remove = 1 WHERE id IN ({marks}) AND remove = 0",
@@ -429,7 +430,11 @@ class Database:
         """Insert these bans, BATCH to a statement (autocommit: one commit each) and at most
         STATEMENT_BYTES of log lines; a row that exists already (the same ban recorded before)
         is left as it is."""
-        for chunk in _ban_chunks(rows):
+        # Each statement takes its rows' keys in one order (sync inserts what the writer may be
+        # inserting too): two of them in opposite orders could deadlock. The sort keeps the first
+        # of two equal keys first, and the first one is the one inserted.
+        ordered = sorted(rows, key=lambda row: (row.ip, row.ports, row.protocol, row.jail, row.hostname))
+        for chunk in _ban_chunks(ordered):
             params: list[Any] = []
             for row in chunk:
                 params += (
@@ -484,9 +489,9 @@ class Database:
         return [StoredBan(**_fields(row[:9]), id=int(row[9]), timestamp=row[10], remove=bool(row[11])) for row in rows]
 
     def jail_known(self, jail: str) -> bool:
-        """Whether a host recorded with this jail, or a row holds it."""
-        [(known,)] = self.execute("jail_known", (jail, jail), fetch=True)
-        return bool(known)
+        """Whether a host recorded with this jail, or a row holds it (by index; the names are
+        compared here too: MySQL's collation would take DOVECOT for dovecot)."""
+        return jail in {str(name) for (name,) in self.execute("jail_known", (jail, jail), fetch=True)}
 
     def jail_names(self) -> set[str]:
         """Every jail a host recorded with, or that holds a row."""

@@ -44,6 +44,7 @@ class Maintenance(Runner):
         super().__init__(settings)
         self.ran = False  # the last unban_db run held the maintenance lock (did the work)
         self.lifted = 0  # rows the last unban_db run lifted for a panel
+        self.refused = 0  # rows sync found missing that the database refused (the run fails)
 
     @contextlib.contextmanager
     def _maintenance_lock(self) -> Iterator[bool]:
@@ -92,6 +93,7 @@ class Maintenance(Runner):
 
     def _maintain(self, *, lift: bool) -> int:
         what = "unban_db" if lift else "sync"
+        self.refused = 0
         with self._maintenance_lock() as locked:
             if not locked:
                 log(f"another unban_db or sync run is still working; leaving it to finish ({what})")
@@ -132,7 +134,7 @@ class Maintenance(Runner):
                 pruned = db.prune_history(host, before, HISTORY_PRUNE_BATCH)
                 if pruned:
                     log(f"history: forgot {pruned} ban(s) of this host that ended before {before:%Y-%m-%d %H:%M} UTC")
-            return EXIT_FAILED if failed else EXIT_OK
+            return EXIT_FAILED if failed or self.refused else EXIT_OK
 
     def _restoring(self, rows: list[tuple[int, str, str, int]], live: dict[str, set[str]]) -> dict[str, set[str]]:
         """Per running jail, this host's rows' addresses that fail2ban's database holds as current bans
@@ -247,8 +249,7 @@ class Maintenance(Runner):
         if added:
             log(f"sync: added {added} row(s) for bans fail2ban holds without one (host {host})")
 
-    @staticmethod
-    def _insert(db: Database, rows: list[BanRow]) -> int:
+    def _insert(self, db: Database, rows: list[BanRow]) -> int:
         """Insert rows sync found missing, a statement per batch (after a crash of fail2ban-server a
         whole burst may be missing); a batch the server refuses goes row by row, so that only the
         row it refuses stays out (and is logged). The rows inserted."""
@@ -264,6 +265,7 @@ class Maintenance(Runner):
                 db.ban(row)
                 inserted += 1
             except EventRejected as exc:
+                self.refused += 1
                 log(f"sync: the database refused the row of {row.ip} in jail {row.jail!r}: {exc}", error=True)
         return inserted
 

@@ -3,9 +3,9 @@
 fail2ban calls an action's ban() in the jail's own thread (or the thread of a `banip` command),
 between its firewall calls: whatever ban() spends there, every later ban of the burst waits for.
 So the action only puts the event on this writer's queue (microseconds) and returns. The
-writer's thread takes everything queued at once, up to BATCH events (while they keep coming, at
-most one write per LINGER), and the runner writes it:
-consecutive bans as one multi-row INSERT (one commit), anything else in its place, so the order
+writer's thread takes everything queued at once, up to BATCH events (while they keep coming, a
+write waits until LINGER after the one before, unless a batch is full or a drain waits), and the
+runner writes it: consecutive bans as multi-row INSERTs, anything else in its place, so the order
 of ban and unban of one address is kept. A trickle is written as it comes (no waiting to fill
 a batch); a burst is written in batches of what piled up meanwhile.
 
@@ -17,6 +17,7 @@ queue, which the next cron run's `sync` puts right from fail2ban's own bans.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from typing import Callable, Generic, TypeVar
@@ -24,8 +25,8 @@ from typing import Callable, Generic, TypeVar
 from .report import log, reason
 
 BATCH = 500  # events written per turn; the same figure as a DELETE's IN list (db.BATCH)
-# While events keep coming, at most one write per LINGER seconds: each takes what piled up since
-# the last one. A jail's firewall action takes milliseconds per ban, a write about as long: without
+# While events keep coming, a write waits until LINGER seconds after the one before: each takes
+# what piled up since. A jail's firewall action takes milliseconds per ban, a write about as long: without
 # it, a burst would be written one ban per statement, every one costing the jail's thread its
 # share of the interpreter. The first event after a quiet moment is written at once.
 LINGER = 0.1
@@ -122,9 +123,11 @@ class Writer(Generic[Item]):
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch))]
                 self._last_write = time.monotonic()
             try:
-                self._write(batch)
+                if batch:  # close() may have taken the queue while the thread lingered
+                    self._write(batch)
             except Exception as exc:  # the thread must outlive any one batch
-                log(f"writing {len(batch)} event(s) failed: {reason(exc)}", error=True)
+                with contextlib.suppress(Exception):
+                    log(f"writing {len(batch)} event(s) failed: {reason(exc)}", error=True)
             finally:
                 with self._changed:
                     self._done += len(batch)
