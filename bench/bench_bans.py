@@ -126,12 +126,23 @@ def timed(action: Callable[[], object]) -> float:
 class Bench:
     """One database, one helper host and one fail2ban-server running the given action."""
 
-    def __init__(self, backend: str, action: str, firewall: bool, baseline: Path | None = None) -> None:
+    def __init__(
+        self,
+        backend: str,
+        action: str,
+        firewall: bool,
+        baseline: Path | None = None,
+        fill: Callable[[Database], None] | None = None,
+        timeout: int = 5,
+    ) -> None:
+        """`fill`: what to put in the database before the host starts (bench_scale's fleet)."""
         self.root = Path(tempfile.mkdtemp(prefix="f2bsql-bench-"))
         self.db: Database = new_database(SERVERS[backend])
         self.db.create()
         self.db.apply_schema()
-        self.host = Host(self.db, "bench.example.test", self.root, self.root / "f2b" / "fail2ban.sock", timeout=5)
+        if fill is not None:
+            fill(self.db)
+        self.host = Host(self.db, "bench.example.test", self.root, self.root / "f2b" / "fail2ban.sock", timeout=timeout)
         self.fail2ban = Fail2ban(self.root / "f2b", self.host.config, action=action, firewall=firewall)
         self.fail2ban.start()
         self.baseline = BaselineHelper(baseline, self.db, self.root) if baseline is not None else None

@@ -22,50 +22,42 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_bans import SERVERS, addresses, timed  # noqa: E402 -- one copy of the servers and addresses
-from testbed import Database, Fail2ban, Host, new_database, reap_lingering, wait_for  # noqa: E402
+from bench_bans import Bench, addresses, timed  # noqa: E402 -- one copy of the bench's host and addresses
+from testbed import Database, reap_lingering, wait_for  # noqa: E402
 
 FIGURES = ("sync", "sync repair", "bans --host", "unban_db")
 
 
-class Site:
+class Site(Bench):
     """A database (empty, or filled as a fleet's), this host on it and its fail2ban-server."""
 
     def __init__(self, backend: str, fleet: tuple[int, int] | None) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="f2bsql-bench-"))
-        self.db: Database = new_database(SERVERS[backend])
-        self.db.create()
-        self.db.apply_schema()
-        if fleet is not None:
-            started = time.perf_counter()
-            self.db.fill_fleet(hosts=50, rows=fleet[0], history=fleet[1])
-            [made] = self.db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT hostname) AS hosts FROM banned_history")
-            assert (int(made["n"]), int(made["hosts"])) == (fleet[1], 50), made
-            took = time.perf_counter() - started
-            print(f"  {backend}: {self.db.count()} rows, {made['n']} of history, in {took:.1f} s", file=sys.stderr)
+        super().__init__(
+            backend, "python", True, fill=None if fleet is None else self._filler(backend, *fleet), timeout=10
+        )
         self.others = self.db.count()
-        self.host = Host(self.db, "bench.example.test", self.root, self.root / "f2b" / "fail2ban.sock", timeout=10)
-        self.fail2ban = Fail2ban(self.root / "f2b", self.host.config, action="python")
-        self.fail2ban.start()
 
-    def close(self) -> None:
-        try:
-            self.fail2ban.stop()
-        finally:
-            self.db.close()
-            self.db.drop()
-            shutil.rmtree(self.root, ignore_errors=True)
+    @staticmethod
+    def _filler(backend: str, rows: int, history: int) -> Callable[[Database], None]:
+        def fill(db: Database) -> None:
+            started = time.perf_counter()
+            db.fill_fleet(hosts=50, rows=rows, history=history)
+            [made] = db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT hostname) AS hosts FROM banned_history")
+            assert (int(made["n"]), int(made["hosts"])) == (history, 50), made
+            took = time.perf_counter() - started
+            print(f"  {backend}: {db.count()} rows, {made['n']} of history, in {took:.1f} s", file=sys.stderr)
+
+        return fill
 
     def mine(self) -> int:
         return len(self.db.banned(hostname=self.host.name))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
-from testbed import DOVECOT_PORTS, Database, Fail2ban, Host, host_module, locked_for, wait_for
+from testbed import DOVECOT_PORTS, Database, Fail2ban, Host, LockedFor, host_module, locked_for, wait_for
 
 BURST = 2000
 
@@ -242,19 +242,35 @@ def test_a_burst_through_fail2ban_gives_every_row_once(
     print(f"burst of {BURST} through the Python action, no firewall: {took:.2f} s to the last row")
 
 
+class QueuedBurst(NamedTuple):
+    fail2ban: Fail2ban
+    lock: LockedFor
+    returned: float  # time.monotonic() when banip returned
+
+    def was_queued(self) -> bool:
+        """banip returned while the table was still locked: none of the burst was written yet."""
+        self.lock.thread.join(10)
+        return bool(self.lock.released) and self.returned < self.lock.released[0]
+
+
+def queued_burst(db: Database, host: Host, start_fail2ban: Callable[..., Fail2ban]) -> QueuedBurst:
+    """A fail2ban-server whose Python action holds a whole burst in its queue: the table stays
+    locked for 2 s, so the writer's first INSERT waits and the burst queues behind it."""
+    fail2ban = start_fail2ban(host, action="python", firewall=False)
+    lock = locked_for(db, 2.0)
+    fail2ban.banip(*addresses(BURST))
+    return QueuedBurst(fail2ban, lock, time.monotonic())
+
+
 def test_a_stop_with_a_full_queue_writes_it_before_the_rows_go(
     db: Database, host: Host, start_fail2ban: Callable[..., Fail2ban]
 ) -> None:
-    fail2ban = start_fail2ban(host, action="python", firewall=False)
-    burst = addresses(BURST)
-    # The table stays locked for 2 s: the writer's first INSERT waits, the burst queues behind it.
-    lock = locked_for(db, 2.0)
-    fail2ban.banip(*burst)
+    queued = queued_burst(db, host, start_fail2ban)
+    fail2ban = queued.fail2ban
     # The whole server stops (its jails with it) while the whole burst is still queued. Every ban
     # reaches the database and ends as the jail stops.
     fail2ban.stop()
-    lock.thread.join(10)
-    assert lock.released, "the lock was not released"
+    assert queued.was_queued(), "banip outlasted the lock: no queue to test"
     assert counted(db) == (0, 0)
     [row] = db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT ip) AS ips FROM banned_history WHERE reason = 'stopped'")
     assert (int(row["n"]), int(row["ips"])) == (BURST, BURST)
@@ -264,16 +280,12 @@ def test_a_stop_with_a_full_queue_writes_it_before_the_rows_go(
 def test_a_reload_in_a_burst_writes_the_queue_first(
     db: Database, host: Host, start_fail2ban: Callable[..., Fail2ban]
 ) -> None:
-    fail2ban = start_fail2ban(host, action="python", firewall=False)
-    burst = addresses(BURST)
-    lock = locked_for(db, 2.0)
-    fail2ban.banip(*burst)
-    banned_at = time.monotonic()
+    queued = queued_burst(db, host, start_fail2ban)
+    fail2ban = queued.fail2ban
     fail2ban.client("reload")
     # reload returns once every action's reload() has: the queue was written before it.
     assert counted(db) == (BURST, BURST)
-    lock.thread.join(10)
-    assert lock.released and banned_at < lock.released[0], "banip outlasted the lock: no queue to test"
+    assert queued.was_queued(), "banip outlasted the lock: no queue to test"
     fail2ban.banip("192.0.2.70")
     wait_for(lambda: db.banned(ip="192.0.2.70"), "a ban after the reload recorded")
     assert fail2ban.action_errors() == [], fail2ban.log_tail()
