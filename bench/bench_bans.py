@@ -134,8 +134,10 @@ class Bench:
         baseline: Path | None = None,
         fill: Callable[[Database], None] | None = None,
         timeout: int = 5,
+        jails: int = len(Fail2ban.JAILS),
     ) -> None:
-        """`fill`: what to put in the database before the host starts (bench_scale's fleet)."""
+        """`fill`: what to put in the database before the host starts (bench_scale's fleet);
+        `jails`: how many jails the server runs (bench_memory's 10)."""
         self.root = Path(tempfile.mkdtemp(prefix="f2bsql-bench-"))
         self.db: Database = new_database(SERVERS[backend])
         self.db.create()
@@ -143,7 +145,13 @@ class Bench:
         if fill is not None:
             fill(self.db)
         self.host = Host(self.db, "bench.example.test", self.root, self.root / "f2b" / "fail2ban.sock", timeout=timeout)
-        self.fail2ban = Fail2ban(self.root / "f2b", self.host.config, action=action, firewall=firewall)
+        self.fail2ban = Fail2ban(
+            self.root / "f2b",
+            self.host.config,
+            action=action,
+            firewall=firewall,
+            extra_jails=jails - len(Fail2ban.JAILS),
+        )
         self.fail2ban.start()
         self.baseline = BaselineHelper(baseline, self.db, self.root) if baseline is not None else None
 
@@ -268,6 +276,11 @@ def _figure_order(name: str) -> tuple[int, int]:
     return (kinds.index(kind) if kind in kinds else len(kinds), int(size) if size.isdigit() else 0)
 
 
+def machine() -> str:
+    """The line every bench prints first: the machine and its load as the bench starts."""
+    return f"machine: {os.cpu_count()} cores, load average {' '.join(f'{n:.2f}' for n in os.getloadavg())} at the start"
+
+
 def _sizes(text: str) -> list[int]:
     """Burst sizes; "" for none (e.g. `--baseline-sizes ""`: the command action's singles only)."""
     return [int(size) for size in text.split(",") if size]
@@ -301,7 +314,7 @@ def main() -> int:
         parser.error(f"--actions: some of {', '.join(ACTIONS)}; the floor (none) needs the firewall action")
     firewall = not args.no_firewall
     print(f"fail2ban jail: {'dummy firewall action + ' if firewall else ''}banned_db; medians of {args.runs} runs")
-    print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{n:.2f}' for n in os.getloadavg())} at the start")
+    print(machine())
     try:
         for backend in args.backends.split(","):
             results = {

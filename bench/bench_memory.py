@@ -15,19 +15,16 @@ Run as root from the repository root, with the servers scripts/setup-dev-machine
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_bans import SERVERS, addresses  # noqa: E402 -- one copy of the servers and addresses
-from testbed import Fail2ban, Host, new_database, reap_lingering, wait_for  # noqa: E402
+from bench_bans import Bench, addresses, machine  # noqa: E402 -- one copy of the bench's host and addresses
+from testbed import reap_lingering, wait_for  # noqa: E402
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -37,15 +34,9 @@ def memory(pid: int) -> tuple[int, int]:
 
 
 def measure(backend: str, action: str, jails: int, bans: int, offset: int) -> tuple[int, int]:
-    root = Path(tempfile.mkdtemp(prefix="f2bsql-bench-"))
-    db = new_database(SERVERS[backend])
-    db.create()
-    db.apply_schema()
-    fail2ban = None
+    bench = Bench(backend, action, True, timeout=10, jails=jails)
     try:
-        host = Host(db, "bench.example.test", root, root / "f2b" / "fail2ban.sock", timeout=10)
-        fail2ban = Fail2ban(root / "f2b", host.config, action=action, extra_jails=jails - len(Fail2ban.JAILS))
-        fail2ban.start()
+        fail2ban, db = bench.fail2ban, bench.db
         for n, jail in enumerate(fail2ban.jails):
             fail2ban.banip(*addresses(bans, offset=offset + n * bans), jail=jail)
         total = bans * len(fail2ban.jails)
@@ -56,11 +47,7 @@ def measure(backend: str, action: str, jails: int, bans: int, offset: int) -> tu
         assert fail2ban.pid is not None
         return memory(fail2ban.pid)
     finally:
-        if fail2ban is not None:
-            fail2ban.stop()
-        db.close()
-        db.drop()
-        shutil.rmtree(root, ignore_errors=True)
+        bench.close()
 
 
 def main() -> int:
@@ -71,7 +58,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     args = parser.parse_args()
     print(f"fail2ban-server, {args.jails} jails (dummy firewall action each), {args.bans} bans per jail")
-    print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{n:.2f}' for n in os.getloadavg())} at the start")
+    print(machine())
     try:
         for backend in args.backends.split(","):
             found: dict[str, list[tuple[int, int]]] = {"none": [], "python": []}

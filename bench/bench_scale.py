@@ -21,7 +21,6 @@ Run as root from the repository root, with the servers scripts/setup-dev-machine
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_bans import Bench, addresses, timed  # noqa: E402 -- one copy of the bench's host and addresses
+from bench_bans import Bench, addresses, machine, timed  # noqa: E402 -- one copy of the bench's host and addresses
 from testbed import Database, reap_lingering, wait_for  # noqa: E402
 
 FIGURES = ("sync", "sync repair", "bans --host", "unban_db")
@@ -90,7 +89,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     args = parser.parse_args()
     print(f"this host: {args.pending} bans; fleet: {args.rows} rows of 50 other hosts, {args.history} of history")
-    print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{n:.2f}' for n in os.getloadavg())} at the start")
+    print(machine())
     try:
         for backend in args.backends.split(","):
             sites = {"empty": Site(backend, None), "fleet": Site(backend, (args.rows, args.history))}
