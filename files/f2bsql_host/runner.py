@@ -135,10 +135,11 @@ class Runner:
                 self.spool_all(events[done:], str(exc))
                 return
             except EventRejected as exc:
-                for event in group if len(group) > 1 else ():
-                    self._record_or_log(event)
                 if len(group) == 1:
                     self._set_aside_or_log(group[0], exc)
+                else:  # one ban at a time: only the one the server refuses is set aside
+                    for event in group:
+                        self._record_or_log(event)
             except HelperError as exc:
                 log(f"{exc}: {len(group)} event(s) neither recorded nor spooled", error=True)
             done += len(group)
