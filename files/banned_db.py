@@ -209,15 +209,17 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         settings, ports, protocol, jail = self._runner.settings, self._port, self._protocol, self._jail_name
         events = self._host["events"]
 
-        def make() -> Any:
-            # In the writer's thread: the country (a lookup in a data file), and the address's
-            # failures and log lines, which fail2ban reads from its own database (a query per
-            # ban, which would hold the jail's thread). fail2ban records the ban itself in that
-            # database asynchronously: whether the figures include this ban's own was a race for
-            # the command action's tags too; read later, they mostly do.
-            failures = checks.check_failures(str(aInfo["ipjailfailures"]))
-            loglines = checks.encode_loglines([str(aInfo["ipjailmatches"])])
-            return events.ban_event(settings, ip, ports, protocol, jail, failures, loglines, began)
+        # The failures and log lines that made this ban, as the ticket holds them. Not the
+        # merged <ipjailfailures>/<ipjailmatches>: fail2ban reads those from its own database,
+        # a query under its database lock per ban, which costs the jail's thread more than
+        # recording the row does (past bans of the address are in banned_history).
+        failures, matches = aInfo["failures"], aInfo["matches"]
+
+        def make() -> Any:  # in the writer's thread: the country is a lookup in a data file
+            loglines = checks.encode_loglines([str(matches)])
+            return events.ban_event(
+                settings, ip, ports, protocol, jail, checks.check_failures(str(failures)), loglines, began
+            )
 
         self._put(make)
 

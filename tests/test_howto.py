@@ -85,7 +85,7 @@ def test_same_address_on_two_jails(db: Database, fail2ban: Fail2ban) -> None:
 
 
 def test_loglines_from_a_real_log_reach_the_table_intact(db: Database, fail2ban: Fail2ban) -> None:
-    # What an attacker controls ends up in <ipjailmatches>: quotes, substitutions, globs.
+    # What an attacker controls ends up in <matches>: quotes, substitutions, globs.
     canary = fail2ban.root / "pwned"
     lines = [
         f"auth failure from 203.0.113.7 user='a\"b' $(touch {canary}) `touch {canary}` * ; | &",

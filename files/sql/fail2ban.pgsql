@@ -28,9 +28,9 @@ CREATE TABLE IF NOT EXISTS banned (
     rdns VARCHAR(255) NOT NULL DEFAULT '',
     -- 1 once the cron run looked up rdns (bans never wait for DNS).
     rdns_checked INT2 NOT NULL DEFAULT 0,
-    -- fail2ban's <ipjailfailures>.
+    -- The failures that made the ban (fail2ban's <failures>).
     failures SMALLINT NOT NULL DEFAULT 0,
-    -- fail2ban's <ipjailmatches>, base64 encoded.
+    -- Their log lines (fail2ban's <matches>), base64 encoded.
     loglines TEXT,
     -- When the ban happened, naive UTC.
     timestamp TIMESTAMP WITHOUT TIME ZONE NOT NULL DEFAULT (CURRENT_TIMESTAMP(0) AT TIME ZONE 'UTC'),
