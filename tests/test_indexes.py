@@ -31,14 +31,16 @@ def reads(statement: str) -> bool:
 def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every statement f2bsql_host's connections send from now on, as sent (parameters bound)."""
     import psycopg2.extensions
-    import pymysql.cursors
+    import pymysql.converters
 
     sent: list[str] = []
+    wire = host_module("mysqlwire").Connection
+    execute = wire.execute
 
-    class MysqlRecording(pymysql.cursors.Cursor):  # type: ignore[misc]
-        def execute(self, query: str, args: Any = None) -> int:
-            sent.append(self.mogrify(query, args))
-            return int(super().execute(query, args))
+    def recording_execute(self: Any, statement: str, params: Any) -> Any:
+        # The server binds the values of a prepared statement: bind them the same way here.
+        sent.append(statement % tuple(pymysql.converters.escape_item(value, "utf8mb4") for value in params))
+        return execute(self, statement, params)
 
     class PgsqlRecording(psycopg2.extensions.cursor):  # type: ignore[misc]
         def execute(self, query: str, vars: Any = None) -> None:
@@ -51,11 +53,12 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def recording_connect(self: Any) -> Any:
         made = connect(self)
         if self.settings.backend == "mysql":
-            made._conn.cursorclass = MysqlRecording
+            assert isinstance(made._conn, wire), "this host's login is one mysqlwire speaks"
         else:
             made._conn.cursor_factory = PgsqlRecording
         return made
 
+    monkeypatch.setattr(wire, "execute", recording_execute)
     monkeypatch.setattr(database, "connect", recording_connect)
     return sent
 

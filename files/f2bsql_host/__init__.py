@@ -6,12 +6,16 @@ action.d/banned_db.py import it from there. Runs on the distro's python3 (3.9 or
 the standard library and the one database driver the backend needs, imported only when a
 connection is made. Importing any module does nothing else; each command imports only what it
 needs (a `ban` process none of the cron run's code: fail2ban starts one for every event).
+For the same reason the modules a `ban` loads take their type names from typing only for the
+type checker (`TYPE_CHECKING = False`, which mypy reads as true): importing typing costs a
+process more than its database statement does.
 
     report    exit codes, errors, log lines
     checks    what a jail, address, port list, protocol, count or time may be (also the role's)
     settings  where the database is and who this host is
     geo, rdns country and reverse DNS of an address
     db        every SQL statement, one connection
+    mysqlwire the MySQL client of the standard library that db uses (PyMySQL where it cannot)
     events    the typed events, and their JSON form in the spool
     spool     events kept on disk while the database is away
     fail2ban  fail2ban's live bans and its own record of them

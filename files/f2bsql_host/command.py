@@ -7,11 +7,17 @@ syslog) and the exit code docs/helper.md and docs/admin.md list; -v shows the tr
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
-from typing import Any, Callable, Protocol
 
 from .checks import InvalidValue
 from .report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HelperError, UsageError, log, set_program
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, Callable, Protocol
+
+    class Closable(Protocol):
+        def close(self) -> None: ...
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,10 +34,6 @@ def parsers(program: str, description: str, hostname_help: str) -> tuple[Parser,
     parser.add_argument("--hostname", help=hostname_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-
-
-class Closable(Protocol):
-    def close(self) -> None: ...
 
 
 def run(

@@ -15,13 +15,15 @@ import os
 import select
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
 from .report import DatabaseUnavailable, EventRejected, HelperError, log, reason
 from .settings import Settings
 
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any
+
     from .events import BanRow
 
 MYSQL_SOCKETS = (
@@ -269,6 +271,13 @@ def _ban_chunks(rows: Sequence[BanRow]) -> Iterator[Sequence[BanRow]]:
         yield rows[start:]
 
 
+def _naive_utc(text: str) -> datetime.datetime:
+    """A row's "YYYY-MM-DD HH:MM:SS" (naive UTC), strictly: no offset, no date alone."""
+    if len(text) != 19 or text[10] != " ":
+        raise ValueError(f"not a naive UTC time: {text!r}")
+    return datetime.datetime.fromisoformat(text)
+
+
 def chunks(items: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -317,28 +326,7 @@ class Database:
         s = self.settings
         try:
             if s.backend == "mysql":
-                import pymysql  # type: ignore[import-untyped]
-
-                self._errors = (pymysql.err.MySQLError,)
-                kwargs: dict[str, Any] = {
-                    "user": s.user,
-                    "password": s.password or "",
-                    "database": s.database,
-                    "charset": "utf8mb4",
-                    "autocommit": True,
-                    "connect_timeout": s.timeout,
-                    "read_timeout": s.timeout * 2,
-                    "write_timeout": s.timeout * 2,
-                    # Give up on a row lock well before fail2ban's own action timeout.
-                    "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(s.timeout)}",
-                }
-                # As the mysql client does: "localhost" or no host means the unix socket.
-                unix_socket = s.socket or (mysql_socket() if s.host in ("", "localhost") else "")
-                if unix_socket:
-                    kwargs["unix_socket"] = unix_socket
-                else:
-                    kwargs.update(host=s.host or "127.0.0.1", port=s.port or 3306)
-                self._conn = pymysql.connect(**kwargs)
+                self._conn = self._connect_mysql()
             else:
                 import psycopg2  # type: ignore[import-untyped]
 
@@ -370,6 +358,36 @@ class Database:
             # event's: the event waits in the spool until the setup is fixed.
             raise DatabaseUnavailable(f"cannot connect to the {s.backend} database: {reason(exc)}") from None
         return self
+
+    def _connect_mysql(self) -> Any:
+        """Our own client (mysqlwire: imported in a few milliseconds), or PyMySQL where the server
+        or the login needs what ours does not speak."""
+        from . import mysqlwire
+
+        s = self.settings
+        # As the mysql client does: "localhost" or no host means the unix socket.
+        unix_socket = s.socket or (mysql_socket() if s.host in ("", "localhost") else "")
+        where: dict[str, Any] = {"unix_socket": unix_socket} if unix_socket else {
+            "host": s.host or "127.0.0.1", "port": s.port or 3306}  # fmt: skip
+        login: dict[str, Any] = {
+            "user": s.user,
+            "password": s.password or "",
+            "database": s.database,
+            "connect_timeout": s.timeout,
+            "read_timeout": s.timeout * 2,
+            # Give up on a row lock well before fail2ban's own action timeout.
+            "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(s.timeout)}",
+            **where,
+        }
+        self._errors = (mysqlwire.MySQLError,)
+        try:
+            return mysqlwire.connect(**login)
+        except mysqlwire.Unsupported:
+            pass
+        import pymysql  # type: ignore[import-untyped]
+
+        self._errors = (pymysql.err.MySQLError,)
+        return pymysql.connect(charset="utf8mb4", autocommit=True, write_timeout=s.timeout * 2, **login)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -439,7 +457,7 @@ class Database:
             for row in chunk:
                 params += (
                     row.ip, row.ports, row.protocol, row.jail, row.hostname, row.country, row.rdns,
-                    row.failures, row.loglines, datetime.datetime.strptime(row.timestamp, "%Y-%m-%d %H:%M:%S"),
+                    row.failures, row.loglines, _naive_utc(row.timestamp),
                 )  # fmt: skip
             self.execute("ban", params, rows=len(chunk))
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .db import EXPIRED, UNBANNED, BanFields
 from .settings import Settings
 
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
+    from typing import Any, Optional, Union
+
     from .db import Database
 
 
@@ -67,7 +69,8 @@ class Stop:
     hostname: str
 
 
-Event = Union[Ban, Unban, Start, Flush, Stop]
+if TYPE_CHECKING:
+    Event = Union[Ban, Unban, Start, Flush, Stop]
 _OPS: dict[str, type[Any]] = {"ban": Ban, "unban": Unban, "start": Start, "flush": Flush, "stop": Stop}
 _NAMES = {kind: op for op, kind in _OPS.items()}
 

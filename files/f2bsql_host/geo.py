@@ -10,16 +10,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from .checks import global_address
 from .report import log, reason
 from .settings import Settings
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 MMDB_PATHS = (
     "/var/lib/f2bsql/dbip-country-lite.mmdb",  # the role's monthly refresh, where the distro has no data
@@ -156,6 +157,8 @@ class CountryLookup:
 
     @staticmethod
     def _open_geoiplookup() -> tuple[Any, str] | None:
+        import shutil  # only where this backend is the one asked
+
         search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
         commands = {4: shutil.which("geoiplookup", path=search), 6: shutil.which("geoiplookup6", path=search)}
         found = [command for command in commands.values() if command]
@@ -163,6 +166,8 @@ class CountryLookup:
 
     @staticmethod
     def _ask_geoiplookup(commands: dict[int, str | None], address: Any) -> str:
+        import subprocess
+
         command = commands.get(address.version)
         if not command:
             return ""

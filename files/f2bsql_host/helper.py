@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .checks import (
     InvalidValue,
@@ -28,7 +26,10 @@ from .report import EXIT_OK, DatabaseUnavailable
 from .runner import Runner
 from .settings import load_settings
 
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .maintenance import Maintenance
 
 PROG = "fail2ban_banned_db"

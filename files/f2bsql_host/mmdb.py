@@ -18,7 +18,10 @@ import contextlib
 import ipaddress
 import os
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from typing import Any
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 METADATA_SEARCH = 128 * 1024  # the metadata is at most this far from the end (the spec's bound)

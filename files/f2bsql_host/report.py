@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import syslog
-from typing import Callable, Optional
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,7 +44,11 @@ class Fail2banUnreachable(HelperError):
 
 
 # Where log() sends a line instead of syslog and stderr: fail2ban's own log, inside fail2ban-server.
-Sink = Callable[[str, bool], None]
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    Sink = Callable[[str, bool], None]
 _program = "fail2ban_banned_db"
 _sink: Optional[Sink] = None
 

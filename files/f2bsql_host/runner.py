@@ -9,13 +9,18 @@ nor a `ban` process loads that code.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
 
 from .db import Database
-from .events import Ban, Event, apply
+from .events import Ban, apply
 from .report import EXIT_FAILED, EXIT_OK, DatabaseUnavailable, EventRejected, HelperError, log
 from .settings import Settings
 from .spool import Spool
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from .events import Event
 
 # The event at hand waits this long for another process's replay before it goes behind it.
 SPOOL_LOCK_WAIT = 1.0

@@ -10,10 +10,13 @@ import configparser
 import dataclasses
 import os
 from socket import gethostname
-from typing import Optional
 
 from .checks import check_hostname
 from .report import ConfigError
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from typing import Optional
 
 MYSQL_CREDENTIAL_FILES = ("/root/.my.cnf-fail2ban", "/root/.my.cnf")
 PGSQL_HOMES = ("/var/lib/pgsql", "/var/lib/postgresql", "/var/db/postgres", "/var/postgresql")

@@ -12,11 +12,16 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 
 from .db import Database
-from .events import Event, apply, from_json, to_json
+from .events import apply, from_json, to_json
 from .report import EventRejected, HelperError, log
+
+TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .events import Event
 
 
 class Spool:
