@@ -766,6 +766,9 @@ KNOWN = [
     Case(["ban", "--time", "0", "192.0.2.99", "25", "tcp", "dovecot"], Expect(2, {"time"})),
     Case(["ban", "192.0.2.97", "25", "tcp", "dovecot"], Expect(0, op=_ban("192.0.2.97"))),
     Case(["ban", "192.0.2.98", "25", "\u212a", "dovecot"], Expect(2, {"protocol"})),  # was stored as "k"
+    # A traceback: Python 3.11's argparse handed the jail a list for a second "--".
+    Case(["ban", "192.0.2.1", "ban", "ban", "--", "--"], None),
+    Case(["ban", "192.0.2.1", "25", "--", "--", "dovecot"], Expect(2, {"protocol"})),
 ]
 
 

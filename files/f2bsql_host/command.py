@@ -26,6 +26,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse (3.7 to 3.13.0 at least) drops a second "--" as well as the first: a one-value
+        # positional given it (`ban IP PORTS -- -- JAIL`) came out as an empty list. It is the
+        # value "--" (which the checks then refuse).
+        if action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
 
 def parsers(program: str, description: str, hostname_help: str) -> tuple[Parser, Any]:
     """The parser with the options both command lines have, and its subcommands to add to."""
