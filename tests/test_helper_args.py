@@ -201,11 +201,14 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
     assert db.count() == 0
 
 
+# Standard modules a `ban` process has no need of, each a millisecond or more to import.
+COSTLY = ("dataclasses", "inspect", "typing", "json", "shutil", "hashlib", "subprocess")
 # Run a command of the helper in a fresh interpreter and print the package's modules it loaded
-# (and the drivers').
+# (and the drivers', and which of COSTLY).
 _LOADED = (
     "import sys; sys.path.insert(0, sys.argv[1]); from f2bsql_host.helper import main; code = main(sys.argv[2:]);"
-    " print(' '.join(sorted(m for m in sys.modules if m.startswith(('f2bsql_host', 'pymysql', 'psycopg2')))));"
+    " print(' '.join(sorted(m for m in sys.modules if m.startswith(('f2bsql_host', 'pymysql', 'psycopg2'))"
+    f" or m in {COSTLY!r})));"
     " sys.exit(code)"
 )
 
@@ -213,7 +216,8 @@ _LOADED = (
 def test_an_event_command_loads_none_of_the_cron_runs_code(db: Database, host: Host) -> None:
     """fail2ban starts a helper process for every event: `ban` must not pay for the modules of
     unban_db and sync (maintenance, and what it asks fail2ban with), nor, with country lookups
-    off, for the lookup's, nor on MySQL for PyMySQL (its own client speaks this login);
+    off, for the lookup's, nor on MySQL for PyMySQL (its own client speaks this login) or the
+    standard modules in COSTLY;
     `unban_db` loads them."""
     argv = [SYSTEM_PYTHON, "-c", _LOADED, str(HOST_LIB), "--config", str(host.config)]
     ban = ["ban", "192.0.2.7", DOVECOT_PORTS, "tcp", "dovecot", "3", "auth failure"]
@@ -225,5 +229,6 @@ def test_an_event_command_loads_none_of_the_cron_runs_code(db: Database, host: H
     assert {"f2bsql_host.db", "f2bsql_host.runner"} <= loaded and db.banned(ip="192.0.2.7")
     if db.backend == "mysql":
         assert "f2bsql_host.mysqlwire" in loaded and not {m for m in loaded if m.startswith("pymysql")}, loaded
+        assert loaded & set(COSTLY) == set(), loaded  # (psycopg2 imports some of them itself)
     done = subprocess.run([*argv, "unban_db"], env=BASE_ENV, capture_output=True, text=True, timeout=60, check=False)
     assert {"f2bsql_host.maintenance", "f2bsql_host.fail2ban"} <= set(done.stdout.split()), done

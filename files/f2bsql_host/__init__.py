@@ -8,7 +8,12 @@ connection is made. Importing any module does nothing else; each command imports
 needs (a `ban` process none of the cron run's code: fail2ban starts one for every event).
 For the same reason the modules a `ban` loads take their type names from typing only for the
 type checker (`TYPE_CHECKING = False`, which mypy reads as true): importing typing costs a
-process more than its database statement does.
+process more than its database statement does. Likewise its value classes are Records
+(record.py), not dataclasses; the helper builds only the subcommand argv names; and json,
+hashlib, shutil and libloc's logging wrapper stay unimported on that path
+(tests/test_helper_args.py checks which modules a `ban` loads).
+
+    record    frozen value classes without dataclasses' import and build cost
 
     report    exit codes, errors, log lines
     checks    what a jail, address, port list, protocol, count or time may be (also the role's)

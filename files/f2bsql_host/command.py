@@ -7,6 +7,8 @@ syslog) and the exit code docs/helper.md and docs/admin.md list; -v shows the tr
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from .checks import InvalidValue
 from .report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HelperError, UsageError, log, set_program
@@ -20,8 +22,28 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
 
 
+class Formatter(argparse.HelpFormatter):
+    """argparse's, told the terminal's width: its own asks shutil, an import a `ban` process
+    would pay for at every argument the parser is given."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        if width is None:
+            width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 0
+            if width <= 0:
+                try:
+                    width = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+                except (AttributeError, ValueError, OSError):
+                    width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with its errors as UsageError (exit 2, one line) instead of a usage text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)

@@ -8,7 +8,6 @@ spooled) or EventRejected (the server refused the event itself: it is set aside)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import os
@@ -16,6 +15,7 @@ import select
 import sys
 import time
 
+from .record import Record
 from .report import DatabaseUnavailable, EventRejected, HelperError, log, reason
 from .settings import Settings
 
@@ -196,8 +196,7 @@ FILTERS: dict[str, dict[str, str]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class BanFields:
+class BanFields(Record):
     """What a row of `banned` says of a ban, as inserted, read back and kept in `banned_history`."""
 
     ip: str
@@ -221,7 +220,6 @@ def _fields(values: Sequence[Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
 class StoredBan(BanFields):
     """A row of `banned` as the admin CLI reads it."""
 
@@ -239,7 +237,6 @@ SYNCED = "synced"  # sync found that fail2ban no longer held it (an unban event 
 GONE = "gone"  # the jail no longer runs on the host
 
 
-@dataclasses.dataclass(frozen=True)
 class EndedBan(BanFields):
     """A row of `banned_history`."""
 

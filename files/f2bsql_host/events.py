@@ -11,11 +11,11 @@ Events are typed here and become JSON only in the spool, in the form earlier ver
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import time
 
 from .db import EXPIRED, UNBANNED, BanFields
+from .record import Record
 from .settings import Settings
 
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
@@ -25,44 +25,38 @@ if TYPE_CHECKING:
     from .db import Database
 
 
-@dataclasses.dataclass(frozen=True)
 class BanRow(BanFields):
     """A row of `banned` as the helper inserts it (id, remove and rdns_checked are the server's)."""
 
     timestamp: str  # naive UTC, "YYYY-MM-DD HH:MM:SS"
 
 
-@dataclasses.dataclass(frozen=True)
-class Ban:
+class Ban(Record):
     row: BanRow
 
 
-@dataclasses.dataclass(frozen=True)
-class Unban:
+class Unban(Record):
     ips: tuple[str, ...]
     hostname: str
     jail: Optional[str] = None  # None: the addresses' rows of every jail
     reason: str = UNBANNED  # or EXPIRED: what banned_history records (unban_reason)
 
 
-@dataclasses.dataclass(frozen=True)
-class Start:
+class Start(Record):
     jail: str
     hostname: str
     ports: str = ""  # '' keeps what the jail's row already has
     protocol: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Flush:
+class Flush(Record):
     """fail2ban lifted every ban of the jail at once."""
 
     jail: str
     hostname: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Stop:
+class Stop(Record):
     """The jail stopped: its rows and its `jails` row go."""
 
     jail: str
@@ -114,7 +108,7 @@ def unban_reason(began: float | None, bantime: float | None, now: float | None =
 
 
 def to_json(event: Event) -> dict[str, Any]:
-    data = dataclasses.asdict(event)
+    data: dict[str, Any] = {"row": event.row.as_dict()} if isinstance(event, Ban) else event.as_dict()
     if isinstance(event, Unban):
         data["ips"] = list(event.ips)
     return {"op": _NAMES[type(event)], **data}

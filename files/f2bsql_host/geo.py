@@ -139,10 +139,13 @@ class CountryLookup:
         path = next((path for path in LIBLOC_DATABASES if os.path.isfile(path)), None)
         if path is None:
             return None
-        try:
-            import location  # type: ignore[import-not-found]
+        try:  # the C module alone: the package around it sets up logging, a third of a `ban` process
+            import _location as location  # type: ignore[import-not-found]
         except ImportError:
-            return None
+            try:
+                import location  # type: ignore[import-not-found]
+            except ImportError:
+                return None
         return location.Database(path), os.path.realpath(path)
 
     @staticmethod
@@ -157,10 +160,8 @@ class CountryLookup:
 
     @staticmethod
     def _open_geoiplookup() -> tuple[Any, str] | None:
-        import shutil  # only where this backend is the one asked
-
-        search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
-        commands = {4: shutil.which("geoiplookup", path=search), 6: shutil.which("geoiplookup6", path=search)}
+        search = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
+        commands = {4: _which("geoiplookup", search), 6: _which("geoiplookup6", search)}
         found = [command for command in commands.values() if command]
         return (commands, " ".join(found)) if found else None
 
@@ -181,6 +182,15 @@ class CountryLookup:
                     return ""
                 return value
         return ""
+
+
+def _which(name: str, directories: Sequence[str]) -> str | None:
+    """shutil.which, without the cost of importing shutil in a `ban` process."""
+    for directory in directories:
+        path = os.path.join(directory, name)
+        if directory and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def lookup_for(settings: Settings) -> CountryLookup:

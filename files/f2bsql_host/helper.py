@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from .checks import (
     InvalidValue,
@@ -28,7 +29,7 @@ from .settings import load_settings
 
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from .maintenance import Maintenance
 
@@ -102,54 +103,90 @@ def _days(value: str) -> int:
     return int(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The helper's parser; given the command argv names, with that subcommand alone.
+
+    fail2ban starts a process per event, and argparse takes longer to build nine subcommands
+    than to parse one: the run builds only the one it needs (command_named), and argparse then
+    reads argv exactly as the whole parser would.
+    """
     parser, commands = parsers(
         PROG, "Keep fail2ban's bans in the SQL table `banned`.", "host name written in rows (default: this host's)"
     )
 
-    sub = commands.add_parser("start", help="a jail's banned_db action started")
-    sub.add_argument("--ports", help="the ports the action records bans with")
-    sub.add_argument("--protocol", help="the protocol the action records bans with")
-    sub.add_argument("jail")
-    sub.set_defaults(func=_cmd_start)
+    def add(name: str, summary: str) -> argparse.ArgumentParser | None:
+        return commands.add_parser(name, help=summary) if command in (None, name) else None
+
+    sub = add("start", "a jail's banned_db action started")
+    if sub:
+        sub.add_argument("--ports", help="the ports the action records bans with")
+        sub.add_argument("--protocol", help="the protocol the action records bans with")
+        sub.add_argument("jail")
+        sub.set_defaults(func=_cmd_start)
 
     for name in ("stop", "cleanup"):
-        sub = commands.add_parser(name, help="a jail stopped: forget its bans and the jail")
+        sub = add(name, "a jail stopped: forget its bans and the jail")
+        if sub:
+            sub.add_argument("jail")
+            sub.set_defaults(func=_cmd_stop)
+
+    sub = add("flush", "fail2ban lifted every ban of a jail at once")
+    if sub:
         sub.add_argument("jail")
-        sub.set_defaults(func=_cmd_stop)
+        sub.set_defaults(func=_cmd_flush)
 
-    sub = commands.add_parser("flush", help="fail2ban lifted every ban of a jail at once")
-    sub.add_argument("jail")
-    sub.set_defaults(func=_cmd_flush)
+    sub = add("ban", "record a ban")
+    if sub:
+        sub.add_argument("--time", help="when the ban began, seconds since the epoch (fail2ban's <time>)")
+        sub.add_argument("ip")
+        sub.add_argument("ports")
+        sub.add_argument("protocol")
+        sub.add_argument("jail")
+        sub.add_argument("failures", nargs="?", default="")
+        sub.add_argument("loglines", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=_cmd_ban)
 
-    sub = commands.add_parser("ban", help="record a ban")
-    sub.add_argument("--time", help="when the ban began, seconds since the epoch (fail2ban's <time>)")
-    sub.add_argument("ip")
-    sub.add_argument("ports")
-    sub.add_argument("protocol")
-    sub.add_argument("jail")
-    sub.add_argument("failures", nargs="?", default="")
-    sub.add_argument("loglines", nargs=argparse.REMAINDER)
-    sub.set_defaults(func=_cmd_ban)
+    sub = add("unban", "forget bans of these addresses")
+    if sub:
+        sub.add_argument("--jail", help="only this jail's rows")
+        sub.add_argument("--time", help="when the ban began (fail2ban's <time>): with --bantime, tells an expiry")
+        sub.add_argument("--bantime", help="the ban's length in seconds, -1 for ever (fail2ban's <bantime>)")
+        sub.add_argument("ips", nargs="+", metavar="ip")
+        sub.set_defaults(func=_cmd_unban)
 
-    sub = commands.add_parser("unban", help="forget bans of these addresses")
-    sub.add_argument("--jail", help="only this jail's rows")
-    sub.add_argument("--time", help="when the ban began (fail2ban's <time>): with --bantime, tells an expiry")
-    sub.add_argument("--bantime", help="the ban's length in seconds, -1 for ever (fail2ban's <bantime>)")
-    sub.add_argument("ips", nargs="+", metavar="ip")
-    sub.set_defaults(func=_cmd_unban)
+    sub = add("unban_db", "lift the bans a panel marked remove = 1, then sync (cron)")
+    if sub:
+        sub.add_argument("--history-days", type=_days, help="keep this host's history this many days (0: for ever)")
+        sub.add_argument("--metrics-dir", help="node_exporter's textfile directory for the figures (off: none)")
+        sub.set_defaults(func=_cmd_unban_db)
 
-    sub = commands.add_parser("unban_db", help="lift the bans a panel marked remove = 1, then sync (cron)")
-    sub.add_argument("--history-days", type=_days, help="keep this host's history this many days (0: for ever)")
-    sub.add_argument("--metrics-dir", help="node_exporter's textfile directory for the figures (off: none)")
-    sub.set_defaults(func=_cmd_unban_db)
+    sub = add("sync", "make this host's rows match fail2ban's live bans")
+    if sub:
+        sub.set_defaults(func=_cmd_sync)
 
-    sub = commands.add_parser("sync", help="make this host's rows match fail2ban's live bans")
-    sub.set_defaults(func=_cmd_sync)
-
-    sub = commands.add_parser("replay", help="only replay spooled events")
-    sub.set_defaults(func=_cmd_replay)
+    sub = add("replay", "only replay spooled events")
+    if sub:
+        sub.set_defaults(func=_cmd_replay)
     return parser
+
+
+COMMANDS = ("start", "stop", "cleanup", "flush", "ban", "unban", "unban_db", "sync", "replay")
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command argv names, where nothing before it leaves room for doubt; else None.
+
+    Only the options of the parser itself, spelt out in full, may come first: anything else
+    (an abbreviation, -h, "--", a word that is not a command) gets the whole parser, whose
+    messages list every command.
+    """
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("--config", "--hostname"):
+            next(rest, None)
+        elif not (arg in ("-v", "--verbose") or arg.startswith(("--config=", "--hostname="))):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def _runner(args: argparse.Namespace) -> Runner:
@@ -162,4 +199,5 @@ def _runner(args: argparse.Namespace) -> Runner:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    return run(PROG, build_parser(), argv, _runner)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run(PROG, build_parser(command_named(args)), args, _runner)

@@ -8,7 +8,6 @@ directory does not exist) and `f2bsql metrics` prints the same. docs/admin.md li
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .db import Database
+from .record import Record
 from .report import HelperError, log
 from .settings import Settings
 from .spool import Spool
@@ -25,8 +25,7 @@ TEXTFILE = "f2bsql.prom"
 LAST_RUN = "unban_db.last"  # in the spool directory: the last unban_db run, for these figures
 
 
-@dataclasses.dataclass(frozen=True)
-class LastRun:
+class LastRun(Record):
     """What the last unban_db run did."""
 
     end: float  # Unix time
@@ -44,7 +43,7 @@ class LastRun:
             return None
 
     def write(self, spool_dir: str) -> None:
-        _replace(spool_dir, LAST_RUN, json.dumps(dataclasses.asdict(self)), 0o600)
+        _replace(spool_dir, LAST_RUN, json.dumps(self.as_dict()), 0o600)
 
 
 def _replace(directory: str, name: str, text: str, mode: int) -> None:

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import socket
 import struct
+
+try:  # the builtin module: hashlib loads OpenSSL, most of a millisecond or two, for this one hash
+    from _sha1 import sha1  # type: ignore[import-not-found]
+except ImportError:  # a build without it
+    from hashlib import sha1
 
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
@@ -125,8 +129,8 @@ def _native_scramble(password: bytes, salt: bytes) -> bytes:
     """mysql_native_password: SHA1(password) XOR SHA1(salt + SHA1(SHA1(password)))."""
     if not password:
         return b""
-    stage1 = hashlib.sha1(password).digest()  # noqa: S324 -- the protocol's own hash, not ours to choose
-    mix = hashlib.sha1(salt + hashlib.sha1(stage1).digest()).digest()  # noqa: S324
+    stage1 = sha1(password).digest()  # noqa: S324 -- the protocol's own hash, not ours to choose
+    mix = sha1(salt + sha1(stage1).digest()).digest()  # noqa: S324
     return bytes(a ^ b for a, b in zip(stage1, mix))
 
 

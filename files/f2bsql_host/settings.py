@@ -7,7 +7,6 @@ PostgreSQL home), or in the file --config / $F2BSQL_CONFIG names (docs/helper.md
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import os
 from socket import gethostname
 
@@ -33,31 +32,38 @@ DEFAULT_HISTORY_DAYS = 90
 DEFAULT_METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
 
 
-@dataclasses.dataclass
 class Settings:
-    """Where the database is, who this host is, and where the spool lives."""
+    """Where the database is, who this host is, and where the spool lives.
 
-    source: str
-    backend: str = "mysql"  # mysql or pgsql
-    host: str = ""
-    port: int = 0
-    socket: str = ""
-    user: str = DEFAULT_USER
-    password: Optional[str] = dataclasses.field(default=None, repr=False)  # never shown
-    database: str = DEFAULT_DATABASE
-    hostname: str = dataclasses.field(default_factory=gethostname)
-    spool_dir: str = DEFAULT_SPOOL_DIR
-    fail2ban_socket: str = ""
-    timeout: int = DEFAULT_TIMEOUT
-    geoip: tuple[str, ...] = GEOIP_BACKENDS
-    mmdb: str = ""
-    rdns: bool = True
-    rdns_budget: int = 20
-    replay_budget: int = DEFAULT_REPLAY_BUDGET
-    # Days the cron run keeps this host's rows of banned_history (0: for ever).
-    history_days: int = DEFAULT_HISTORY_DAYS
-    # Where the cron run writes its metrics for node_exporter's textfile collector ('' = nowhere).
-    metrics_dir: str = DEFAULT_METRICS_DIR
+    The loaders below fill it in; a plain class, not a dataclass: see record.py for why.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.backend = "mysql"  # mysql or pgsql
+        self.host = ""
+        self.port = 0
+        self.socket = ""
+        self.user = DEFAULT_USER
+        self.password: Optional[str] = None  # never shown (__repr__)
+        self.database = DEFAULT_DATABASE
+        self.hostname = gethostname()
+        self.spool_dir = DEFAULT_SPOOL_DIR
+        self.fail2ban_socket = ""
+        self.timeout = DEFAULT_TIMEOUT
+        self.geoip: tuple[str, ...] = GEOIP_BACKENDS
+        self.mmdb = ""
+        self.rdns = True
+        self.rdns_budget = 20
+        self.replay_budget = DEFAULT_REPLAY_BUDGET
+        # Days the cron run keeps this host's rows of banned_history (0: for ever).
+        self.history_days = DEFAULT_HISTORY_DAYS
+        # Where the cron run writes its metrics for node_exporter's textfile collector ('' = nowhere).
+        self.metrics_dir = DEFAULT_METRICS_DIR
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in vars(self).items() if name != "password")
+        return f"Settings({shown})"
 
 
 def _unquote(value: str) -> str:

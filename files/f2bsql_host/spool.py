@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
 
@@ -76,6 +75,8 @@ class Spool:
             temporary = os.path.join(folder, f".{name}.tmp")
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                import json  # only where the spool is used: most events never touch it
+
                 json.dump(to_json(event), handle)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -127,6 +128,8 @@ class Spool:
                 path = os.path.join(self.path, name)
                 try:
                     with open(path, encoding="utf-8") as handle:
+                        import json
+
                         event = from_json(json.load(handle))
                     apply(db, event)
                 except FileNotFoundError:
