@@ -28,13 +28,18 @@ class Formatter(argparse.HelpFormatter):
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
         if width is None:
-            width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 0
+            # As shutil.get_terminal_size reads it: $COLUMNS, the terminal, else 80 (also where a
+            # terminal says 0 columns).
+            try:
+                width = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                width = 0
             if width <= 0:
                 try:
                     width = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
                 except (AttributeError, ValueError, OSError):
-                    width = 80
-            width -= 2
+                    width = 0
+            width = (width if width > 0 else 80) - 2
         super().__init__(prog, indent_increment, max_help_position, width)
 
 
