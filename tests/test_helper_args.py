@@ -201,8 +201,13 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
     assert db.count() == 0
 
 
-# Standard modules a `ban` process has no need of, each a millisecond or more to import.
-COSTLY = ("dataclasses", "inspect", "typing", "json", "shutil", "hashlib", "subprocess")
+# Standard modules a `ban` process has no need of, each most of a millisecond or more to import
+# (argparse, configparser and re: helper.quick_args, settings.plain_ini, checks; socket: _socket;
+# datetime: cdatetime; threading: _thread).
+COSTLY = (
+    "dataclasses", "inspect", "typing", "json", "shutil", "hashlib", "subprocess",
+    "argparse", "gettext", "configparser", "re", "enum", "socket", "selectors", "base64", "datetime", "threading",
+)  # fmt: skip
 # Run a command of the helper in a fresh interpreter and print the package's modules it loaded
 # (and the drivers', and which of COSTLY).
 _LOADED = (

@@ -9,11 +9,16 @@ needs (a `ban` process none of the cron run's code: fail2ban starts one for ever
 For the same reason the modules a `ban` loads take their type names from typing only for the
 type checker (`TYPE_CHECKING = False`, which mypy reads as true): importing typing costs a
 process more than its database statement does. Likewise its value classes are Records
-(record.py), not dataclasses; the helper builds only the subcommand argv names; and json,
+(record.py), not dataclasses; the event commands read argv without argparse (helper.quick_args)
+and the settings file without configparser (settings.plain_ini), leaving anything but the
+plain forms to them; the checks use no re; the MySQL client and the host name take _socket,
+the country lookup's lock _thread, and datetime comes from its C module (cdatetime); json,
 hashlib, shutil and libloc's logging wrapper stay unimported on that path
-(tests/test_helper_args.py checks which modules a `ban` loads).
+(tests/test_helper_args.py checks which modules a `ban` loads, tests/test_helper_readers.py that
+the own readers read as the standard ones).
 
     record    frozen value classes without dataclasses' import and build cost
+    cdatetime datetime's C module, without the Python module around it
 
     report    exit codes, errors, log lines
     checks    what a jail, address, port list, protocol, count or time may be (also the role's)
@@ -27,7 +32,8 @@ hashlib, shutil and libloc's logging wrapper stay unimported on that path
     runner    record an event or spool it (a burst's bans in one statement)
     writer    the Python action's queue and the thread that writes it
     maintenance  the cron run (unban_db, sync), which also asks fail2ban
-    command   what both command lines share (usage errors, one run)
+    command   what both command lines share (one run, its errors and exit codes)
+    parsing   their argparse parsers (usage errors as UsageError)
     helper    the fail2ban_banned_db command line
     admin     the f2bsql admin CLI
     metrics   the figures for Prometheus

@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from .checks import InvalidValue, check_hostname, check_ip, check_jail
-from .command import parsers, run
+from .command import run
 from .db import Database, StoredBan
+from .parsing import parsers
 from .report import EXIT_FAILED, EXIT_OK, HelperError, UsageError, log
 from .settings import Settings, load_settings
 
@@ -459,4 +460,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    return run(PROG, build_parser(), argv, lambda args: Context(load_settings(args.config, args.hostname)))
+    words = list(sys.argv[1:] if argv is None else argv)
+    return run(PROG, build_parser().parse_args, words, lambda args: Context(load_settings(args.config, args.hostname)))

@@ -7,19 +7,24 @@ module_utils (roles/f2bsql_fail2ban/module_utils/f2bsql_helper_rules.py is a lin
 
 from __future__ import annotations
 
-import base64
+import binascii
 import ipaddress
 import math
 import os
-import re
 from collections.abc import Sequence
 
-JAIL_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,50}")
+# No regular expressions: a `ban` process would pay for importing re and compiling them.
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+JAIL_CHARS = _ALNUM | frozenset("_.@:+-")
 # A port list as the jail's action names it, as wide as iRedMail's `ports` column (255).
-PORTS_RE = re.compile(r"[A-Za-z0-9_,:.-]{1,255}")
+PORTS_CHARS = _ALNUM | frozenset("_,:.-")
+PORTS_MAX = 255
 # One protocol or a list (multiport and nftables actions take "tcp,udp"), within the column (32).
-PROTOCOL_RE = re.compile(r"(?=.{1,32}$)[a-z0-9]+(?:,[a-z0-9]+)*")
-HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+PROTOCOL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+PROTOCOL_MAX = 32
+HOSTNAME_CHARS = _ALNUM | frozenset("_.-")
+HOSTNAME_MAX = 255
+JAIL_MAX = 50
 FAILURES_MAX = 32767  # SMALLINT on PostgreSQL
 LOGLINES_MAX_BYTES = 32 * 1024  # base64 of it still fits MySQL's TEXT (64 KiB)
 # Ban times MySQL's TIMESTAMP holds (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC), a day inside
@@ -31,14 +36,19 @@ class InvalidValue(ValueError):
     """A value refused by these rules: a usage error (exit 2) where a command line gave it."""
 
 
-def check(pattern: re.Pattern[str], value: str, what: str) -> str:
-    if not pattern.fullmatch(value):
+def made_of(value: str, chars: frozenset[str], most: int) -> bool:
+    """value is 1 to `most` characters, each one of chars."""
+    return 0 < len(value) <= most and chars.issuperset(value)
+
+
+def _checked(ok: bool, value: str, what: str) -> str:
+    if not ok:
         raise InvalidValue(f"invalid {what}: {value!r}")
     return value
 
 
 def check_jail(value: str) -> str:
-    return check(JAIL_RE, value, "jail name")
+    return _checked(made_of(value, JAIL_CHARS, JAIL_MAX), value, "jail name")
 
 
 def check_ip(value: str) -> str:
@@ -60,23 +70,26 @@ def check_ip(value: str) -> str:
 
 def _list(value: str) -> str:
     """fail2ban allows "80, 443" and "tcp, udp"; the columns keep "80,443" and "tcp,udp"."""
-    return re.sub(r"\s*,\s*", ",", value.strip())
+    return ",".join(part.strip() for part in value.strip().split(","))
 
 
 def check_ports(value: str) -> str:
-    return check(PORTS_RE, _list(value), "ports")
+    value = _list(value)
+    return _checked(made_of(value, PORTS_CHARS, PORTS_MAX), value, "ports")
 
 
 def check_protocol(value: str) -> str:
     # Only ASCII is lowered: str.lower() turns the KELVIN SIGN into "k", and more such letters.
     value = _list(value)
-    return check(PROTOCOL_RE, value.lower() if value.isascii() else value, "protocol")
+    value = value.lower() if value.isascii() else value
+    ok = len(value) <= PROTOCOL_MAX and all(made_of(part, PROTOCOL_CHARS, PROTOCOL_MAX) for part in value.split(","))
+    return _checked(ok, value, "protocol")
 
 
 def check_failures(value: str) -> int:
     if value == "":
         return 0
-    if not re.fullmatch(r"[0-9]{1,9}", value):
+    if not (len(value) <= 9 and value.isascii() and value.isdigit()):
         raise InvalidValue(f"invalid failure count: {value!r}")
     return min(int(value), FAILURES_MAX)
 
@@ -84,7 +97,7 @@ def check_failures(value: str) -> int:
 def encode_loglines(args: Sequence[str]) -> str:
     """Base64 of the log lines as bytes, as iRedMail's helper stored them."""
     raw = b" ".join(os.fsencode(arg) for arg in args)
-    return base64.b64encode(raw[:LOGLINES_MAX_BYTES]).decode("ascii")
+    return binascii.b2a_base64(raw[:LOGLINES_MAX_BYTES], newline=False).decode("ascii")
 
 
 def check_time(value: str | None) -> float | None:
@@ -121,5 +134,9 @@ def global_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     return address if address.is_global else None
 
 
+def is_hostname(value: str) -> bool:
+    return made_of(value, HOSTNAME_CHARS, HOSTNAME_MAX)
+
+
 def check_hostname(value: str) -> str:
-    return check(HOSTNAME_RE, value, "host name")
+    return _checked(is_hostname(value), value, "host name")

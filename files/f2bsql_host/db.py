@@ -8,13 +8,13 @@ spooled) or EventRejected (the server refused the event itself: it is set aside)
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import os
 import select
 import sys
 import time
 
+from .cdatetime import datetime
 from .record import Record
 from .report import DatabaseUnavailable, EventRejected, HelperError, log, reason
 from .settings import Settings

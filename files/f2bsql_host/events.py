@@ -11,9 +11,9 @@ Events are typed here and become JSON only in the spool, in the form earlier ver
 
 from __future__ import annotations
 
-import datetime
 import time
 
+from .cdatetime import datetime
 from .db import EXPIRED, UNBANNED, BanFields
 from .record import Record
 from .settings import Settings

@@ -7,10 +7,9 @@ ban being recorded.
 
 from __future__ import annotations
 
+import _thread  # threading's Lock is this module's lock; threading itself costs a `ban` a millisecond
 import ipaddress
 import os
-import re
-import threading
 import time
 
 from .checks import global_address
@@ -57,7 +56,7 @@ class CountryLookup:
         self._seen = self._data_files()
         # Inside fail2ban-server the jails' threads and the command thread (banip) look up at once;
         # the open readers, the order and the data check are shared between them.
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def _data_files(self) -> tuple[tuple[str, int, int], ...]:
         found = []
@@ -167,6 +166,7 @@ class CountryLookup:
 
     @staticmethod
     def _ask_geoiplookup(commands: dict[int, str | None], address: Any) -> str:
+        import re
         import subprocess
 
         command = commands.get(address.version)
@@ -203,7 +203,7 @@ def lookup_for(settings: Settings) -> CountryLookup:
 
 
 _COUNTRY_LOOKUPS: dict[tuple[tuple[str, ...], str], CountryLookup] = {}
-_COUNTRY_LOOKUPS_LOCK = threading.Lock()
+_COUNTRY_LOOKUPS_LOCK = _thread.allocate_lock()
 
 
 def country_of(ip: str, settings: Settings) -> str:

@@ -6,7 +6,6 @@ unban_db), plus flush, sync and replay; docs/helper.md has the commands and exit
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -21,7 +20,7 @@ from .checks import (
     check_time,
     encode_loglines,
 )
-from .command import parsers, run
+from .command import run
 from .events import Flush, Start, Stop, Unban, ban_event, unban_reason
 from .report import EXIT_OK, DatabaseUnavailable
 from .runner import Runner
@@ -29,7 +28,9 @@ from .settings import load_settings
 
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Iterable, Sequence
+    from typing import Any
 
     from .maintenance import Maintenance
 
@@ -38,24 +39,24 @@ PROG = "fail2ban_banned_db"
 MAINTENANCE = ("unban_db", "sync")
 
 
-def _cmd_start(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_start(runner: Runner, args: Args) -> int:
     # The action passes the ports and protocol it records bans with: `sync` needs them.
     ports = check_ports(args.ports) if args.ports is not None else ""
     protocol = check_protocol(args.protocol) if args.protocol is not None else ""
     return runner.record(Start(check_jail(args.jail), runner.settings.hostname, ports, protocol))
 
 
-def _cmd_stop(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_stop(runner: Runner, args: Args) -> int:
     jail = check_jail(args.jail)
     return runner.record(Stop(jail, runner.settings.hostname))
 
 
-def _cmd_flush(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_flush(runner: Runner, args: Args) -> int:
     jail = check_jail(args.jail)
     return runner.record(Flush(jail, runner.settings.hostname))
 
 
-def _cmd_ban(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_ban(runner: Runner, args: Args) -> int:
     event = ban_event(
         runner.settings,
         check_ip(args.ip),
@@ -69,7 +70,7 @@ def _cmd_ban(runner: Runner, args: argparse.Namespace) -> int:
     return runner.record(event)
 
 
-def _cmd_unban(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_unban(runner: Runner, args: Args) -> int:
     ips = [check_ip(ip) for ip in args.ips]
     jail = check_jail(args.jail) if args.jail is not None else None
     try:
@@ -79,7 +80,7 @@ def _cmd_unban(runner: Runner, args: argparse.Namespace) -> int:
     return runner.record(Unban(tuple(ips), runner.settings.hostname, jail, reason))
 
 
-def _cmd_unban_db(runner: Maintenance, args: argparse.Namespace) -> int:
+def _cmd_unban_db(runner: Maintenance, args: Args) -> int:
     if args.history_days is not None:
         runner.settings.history_days = args.history_days
     if args.metrics_dir is not None:
@@ -87,17 +88,30 @@ def _cmd_unban_db(runner: Maintenance, args: argparse.Namespace) -> int:
     return runner.unban_db()
 
 
-def _cmd_sync(runner: Maintenance, args: argparse.Namespace) -> int:
+def _cmd_sync(runner: Maintenance, args: Args) -> int:
     return runner.sync()
 
 
-def _cmd_replay(runner: Runner, args: argparse.Namespace) -> int:
+def _cmd_replay(runner: Runner, args: Args) -> int:
     if runner.catch_up(budget=math.inf):
         return EXIT_OK
     raise DatabaseUnavailable(f"spooled events remain in {runner.spool.path}")
 
 
+class Args:
+    """argv as read: what argparse's Namespace holds, made by quick_args without argparse."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
 def _days(value: str) -> int:
+    import argparse
+
     if not value.isdigit() or len(value) > 6:
         raise argparse.ArgumentTypeError(f"not a number of days: {value!r}")
     return int(value)
@@ -110,6 +124,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     than to parse one: the run builds only the one it needs (command_named), and argparse then
     reads argv exactly as the whole parser would.
     """
+    import argparse
+
+    from .parsing import parsers
+
     parser, commands = parsers(
         PROG, "Keep fail2ban's bans in the SQL table `banned`.", "host name written in rows (default: this host's)"
     )
@@ -189,7 +207,98 @@ def command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _runner(args: argparse.Namespace) -> Runner:
+# The commands fail2ban runs for its events, read without argparse where argv has their plain
+# form (argparse and what it imports are a third of a `ban` process): each one's options, which
+# may come first, and its handler.
+_QUICK_OPTIONS = {
+    "ban": ("--time",),
+    "unban": ("--jail", "--time", "--bantime"),
+    "start": ("--ports", "--protocol"),
+    "stop": (),
+    "cleanup": (),
+    "flush": (),
+}
+_QUICK_FUNCS = {
+    "ban": _cmd_ban,
+    "unban": _cmd_unban,
+    "start": _cmd_start,
+    "stop": _cmd_stop,
+    "cleanup": _cmd_stop,
+    "flush": _cmd_flush,
+}
+
+
+def _option_value(arg: str) -> bool:
+    """argparse takes arg as an option's value: not an option, or a negative whole number
+    (the action's `--bantime -1`), which every argparse reads as a number where the parser has
+    no option that looks like one."""
+    return not arg.startswith("-") or (arg[1:].isdigit() and arg.isascii())
+
+
+def _read_options(
+    argv: Sequence[str], index: int, into: dict[str, object], names: Sequence[str], flags: dict[str, str] | None = None
+) -> int | None:
+    """Read the options at argv[index:] into `into` by dest: flags (dest by name), `--name value`
+    and `--name=value` (the last one given wins, as in argparse); where the values begin, or None
+    where argparse might read them otherwise."""
+    while index < len(argv) and argv[index].startswith("-"):
+        arg = argv[index]
+        if flags and arg in flags:
+            into[flags[arg]] = True
+            index += 1
+            continue
+        name, equals, value = arg.partition("=")
+        if name not in names:
+            return None
+        if not equals:
+            index += 1
+            if index == len(argv) or not _option_value(argv[index]):
+                return None  # argparse's "expected one argument", or another option
+            value = argv[index]
+        into[name[2:].replace("-", "_")] = value
+        index += 1
+    return index
+
+
+def quick_args(argv: Sequence[str]) -> Args | None:
+    """argv of an event command, read as the parser reads it; None where the parser must read it.
+
+    Only the plain forms: the global options spelt out, then the command, its own options first,
+    then positional values none of which begins with "-". Anything else (an abbreviation, -h,
+    "--", an option among the values, too few or too many values) goes to argparse, whose errors
+    and help stay as they are. tests/test_helper_parser.py holds both to the same reading.
+    """
+    args: dict[str, object] = {"config": None, "hostname": None, "verbose": False}
+    index = _read_options(argv, 0, args, ("--config", "--hostname"), {"-v": "verbose", "--verbose": "verbose"})
+    if index is None or index == len(argv) or argv[index] not in _QUICK_OPTIONS:
+        return None
+    command = args["command"] = argv[index]
+    names = _QUICK_OPTIONS[command]
+    args.update((name[2:].replace("-", "_"), None) for name in names)
+    index = _read_options(argv, index + 1, args, names)
+    if index is None:
+        return None
+    values = argv[index:]
+    if any(value.startswith("-") for value in values):
+        return None
+    if command == "ban":
+        if len(values) < 4:
+            return None
+        args.update(zip(("ip", "ports", "protocol", "jail"), values))
+        args["failures"] = values[4] if len(values) > 4 else ""
+        args["loglines"] = list(values[5:])
+    elif command == "unban":
+        if not values:
+            return None
+        args["ips"] = list(values)
+    elif len(values) == 1:
+        args["jail"] = values[0]
+    else:
+        return None
+    return Args(**args, func=_QUICK_FUNCS[command])
+
+
+def _runner(args: Args) -> Runner:
     settings = load_settings(args.config, args.hostname)
     if args.command in MAINTENANCE:
         from .maintenance import Maintenance  # not for an event (fail2ban waits for those)
@@ -198,6 +307,11 @@ def _runner(args: argparse.Namespace) -> Runner:
     return Runner(settings)
 
 
+def parse(argv: list[str]) -> Args | argparse.Namespace:
+    """argv read as the helper's parser reads it, without building it for an event's plain form."""
+    quick = quick_args(argv)
+    return quick if quick is not None else build_parser(command_named(argv)).parse_args(argv)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run(PROG, build_parser(command_named(args)), args, _runner)
+    return run(PROG, parse, list(sys.argv[1:] if argv is None else argv), _runner)

@@ -17,10 +17,12 @@ connect, 2013 connection lost or timed out.
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py's enums and selectors cost a `ban` process more than its statement.
+import _socket
 import contextlib
-import datetime
-import socket
 import struct
+
+from .cdatetime import datetime
 
 try:  # the builtin module: hashlib loads OpenSSL, most of a millisecond or two, for this one hash
     from _sha1 import sha1  # type: ignore[import-not-found]
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     Result = TypeVar("Result")
 
 _MAX_PACKET = 0xFFFFFF
+_RECV_SIZE = 65536  # what one recv() asks for at least
 _UTF8MB4 = 45  # utf8mb4_general_ci
 _BINARY = 63  # the charset of binary strings: returned as bytes
 
@@ -168,9 +171,10 @@ class Cursor:
 class Connection:
     """One connection, always in autocommit but inside begin() ... commit()/rollback()."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
-        self._file = sock.makefile("rb")
+        self._open = True
+        self._buffer = bytearray()  # what the server sent that is not read yet
         self._seq = 0
         self._thread_id = 0
 
@@ -190,12 +194,17 @@ class Connection:
             raise self._lost(exc) from None
 
     def _recv(self, count: int) -> bytes:
+        buffer = self._buffer
         try:
-            data = self._file.read(count)
+            while len(buffer) < count:
+                chunk = self._sock.recv(max(count - len(buffer), _RECV_SIZE))
+                if not chunk:
+                    raise self._lost(None)
+                buffer += chunk
         except OSError as exc:
             raise self._lost(exc) from None
-        if len(data) < count:
-            raise self._lost(None)
+        data = bytes(buffer[:count])
+        del buffer[:count]
         return data
 
     def _read(self) -> bytes:
@@ -213,11 +222,11 @@ class Connection:
 
     def _lost(self, exc: BaseException | None) -> MySQLError:
         self.close()
-        why = "timed out" if isinstance(exc, socket.timeout) else (str(exc) if exc else "the server closed it")
+        why = "timed out" if isinstance(exc, _socket.timeout) else (str(exc) if exc else "the server closed it")
         return MySQLError(CLIENT_LOST, f"Lost connection to MySQL server during query ({why})")
 
     def _command(self, command: int, payload: bytes) -> None:
-        if self._file.closed:
+        if not self._open:
             raise MySQLError(CLIENT_LOST, "the connection is closed")
         self._seq = 0
         self._send(bytes((command,)) + payload)
@@ -344,7 +353,7 @@ class Connection:
             self._command(_COM_STMT_EXECUTE, struct.pack("<IBI", stmt_id, 0, 1) + (values if count else b""))
             return self._result()
         finally:
-            if not self._file.closed:  # the server does not answer; a failure here must not hide the first
+            if self._open:  # the server does not answer; a failure here must not hide the first
                 with contextlib.suppress(MySQLError):
                     self._command(_COM_STMT_CLOSE, struct.pack("<I", stmt_id))
 
@@ -374,13 +383,14 @@ class Connection:
             rows.append(_binary_row(packet, columns))
 
     def close(self) -> None:
-        if not self._file.closed:  # say goodbye: the server logs a connection that just drops
-            self._seq = 0
-            with contextlib.suppress(OSError):
-                self._sock.sendall(b"\x01\x00\x00\x00" + bytes((_COM_QUIT,)))
-        for part in (self._file, self._sock):
-            with contextlib.suppress(OSError):
-                part.close()
+        if not self._open:
+            return
+        self._open = False
+        self._seq = 0
+        with contextlib.suppress(OSError):  # say goodbye: the server logs a connection that just drops
+            self._sock.sendall(b"\x01\x00\x00\x00" + bytes((_COM_QUIT,)))
+        with contextlib.suppress(OSError):
+            self._sock.close()
 
 
 def _parameters(params: Sequence[Any]) -> bytes:
@@ -471,6 +481,22 @@ def _time(raw: bytes) -> datetime.timedelta:
     return -value if negative else value
 
 
+def _connect_tcp(host: bytes, port: int, timeout: float) -> _socket.socket:
+    """socket.create_connection: each address of the name in turn, the first that answers."""
+    error: OSError | None = None
+    for family, kind, proto, _name, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error if error is not None else OSError(f"getaddrinfo returned no address for {host!r}")
+
+
 def connect(
     *,
     user: str,
@@ -486,14 +512,17 @@ def connect(
     """A logged-in connection in autocommit, `init_command` run; Unsupported if PyMySQL must do it."""
     try:
         if unix_socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(connect_timeout)
-            sock.connect(unix_socket)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            try:
+                sock.settimeout(connect_timeout)
+                sock.connect(unix_socket)
+            except BaseException:
+                sock.close()
+                raise
         else:
             # As bytes: a str would make getaddrinfo load the idna codec (unicodedata, stringprep).
             name = host.encode("ascii") if host.isascii() else host.encode("idna")
-            sock = socket.create_connection((name, port), timeout=connect_timeout)  # type: ignore[arg-type]
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = _connect_tcp(name, port, connect_timeout)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name idna cannot encode
         where = unix_socket or f"{host}:{port}"
         code = CLIENT_SOCKET_CANNOT_CONNECT if unix_socket else CLIENT_CANNOT_CONNECT

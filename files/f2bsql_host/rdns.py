@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .checks import HOSTNAME_RE, global_address
+from .checks import global_address, is_hostname
 
 RDNS_WORKERS = 16
 
@@ -42,7 +42,7 @@ def reverse_names(ips: Sequence[str], budget: float) -> dict[str, str]:
                 name = socket.gethostbyaddr(ip)[0].rstrip(".")
             except (OSError, UnicodeError):
                 name = ""
-            if not HOSTNAME_RE.fullmatch(name):
+            if not is_hostname(name):
                 name = ""
             with lock:
                 answers[ip] = name

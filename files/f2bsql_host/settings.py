@@ -6,9 +6,8 @@ PostgreSQL home), or in the file --config / $F2BSQL_CONFIG names (docs/helper.md
 
 from __future__ import annotations
 
-import configparser
 import os
-from socket import gethostname
+from _socket import gethostname  # socket.py's enums cost a `ban` process more than its statement
 
 from .checks import check_hostname
 from .report import ConfigError
@@ -16,6 +15,8 @@ from .report import ConfigError
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
     from typing import Optional
+
+    Sections = dict[str, dict[str, Optional[str]]]  # section, key: value (None: a key without one)
 
 MYSQL_CREDENTIAL_FILES = ("/root/.my.cnf-fail2ban", "/root/.my.cnf")
 PGSQL_HOMES = ("/var/lib/pgsql", "/var/lib/postgresql", "/var/db/postgres", "/var/postgresql")
@@ -73,22 +74,60 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _read_ini(path: str) -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
+def _read_ini(path: str) -> Sections:
     try:
         with open(path, encoding="utf-8") as handle:
             # MySQL option files may carry !include lines, which configparser cannot read.
             text = "".join(line for line in handle if not line.lstrip().startswith("!"))
-        parser.read_string(text, source=path)
-    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parser
+    sections = plain_ini(text)
+    return sections if sections is not None else _configparser_ini(text, path)
 
 
-def _ini_value(parser: configparser.RawConfigParser, section: str, key: str) -> str | None:
-    if not parser.has_section(section) or not parser.has_option(section, key):
-        return None
-    value = parser.get(section, key)
+def plain_ini(text: str) -> Sections | None:
+    """The sections of an INI text as configparser reads it, where the text has only the plain
+    forms: `[section]`, `key = value`, `key: value`, `key`, comments, blank lines; else None.
+
+    configparser imports re and compiles its patterns: a `ban` process would pay for both. Other
+    forms (a value continued on an indented line, [DEFAULT], a line it refuses, ...) are left to
+    it (_configparser_ini); tests/test_settings_ini.py holds the two to the same reading.
+    """
+    sections: Sections = {}
+    current: dict[str, str | None] | None = None
+    for line in text.split("\n"):  # configparser's lines: "\n" alone ends one
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        if line[0].isspace():
+            return None  # a continuation of the value before it, for configparser
+        if stripped.startswith("["):
+            name = stripped[1:-1]
+            if not stripped.endswith("]") or not name or "[" in name or "]" in name or name == "DEFAULT":
+                return None
+            current = sections.setdefault(name, {})
+            continue
+        cut = min((at for at in (stripped.find("="), stripped.find(":")) if at >= 0), default=-1)
+        key = (stripped if cut < 0 else stripped[:cut]).rstrip()
+        if current is None or not key:
+            return None
+        current[key.lower()] = None if cut < 0 else stripped[cut + 1 :].strip()
+    return sections
+
+
+def _configparser_ini(text: str, path: str) -> Sections:
+    import configparser
+
+    parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return {name: dict(parser.items(name, raw=True)) for name in parser.sections()}
+
+
+def _ini_value(sections: Sections, section: str, key: str) -> str | None:
+    value = sections.get(section, {}).get(key)
     return None if value is None else _unquote(value)
 
 
@@ -99,37 +138,37 @@ def _port(value: str, source: str) -> int:
 
 
 def settings_from_ini(path: str) -> Settings:
-    parser = _read_ini(path)
+    sections = _read_ini(path)
     settings = Settings(path)
-    backend = _ini_value(parser, "f2bsql", "backend")
+    backend = _ini_value(sections, "f2bsql", "backend")
     if backend:
         if backend not in ("mysql", "pgsql"):
             raise ConfigError(f"{path}: backend must be mysql or pgsql, not {backend!r}")
         settings.backend = backend
-    settings.host = _ini_value(parser, "client", "host") or ""
-    settings.socket = _ini_value(parser, "client", "socket") or ""
-    port = _ini_value(parser, "client", "port")
+    settings.host = _ini_value(sections, "client", "host") or ""
+    settings.socket = _ini_value(sections, "client", "socket") or ""
+    port = _ini_value(sections, "client", "port")
     if port:
         settings.port = _port(port, path)
-    settings.user = _ini_value(parser, "client", "user") or DEFAULT_USER
-    settings.password = _ini_value(parser, "client", "password")
-    settings.database = _ini_value(parser, "client", "database") or DEFAULT_DATABASE
+    settings.user = _ini_value(sections, "client", "user") or DEFAULT_USER
+    settings.password = _ini_value(sections, "client", "password")
+    settings.database = _ini_value(sections, "client", "database") or DEFAULT_DATABASE
     for key in ("hostname", "spool_dir", "fail2ban_socket", "metrics_dir"):
-        value = _ini_value(parser, "f2bsql", key)
+        value = _ini_value(sections, "f2bsql", key)
         if value:
             setattr(settings, key, "" if key == "metrics_dir" and value == "off" else value)
-    history_days = _ini_value(parser, "f2bsql", "history_days")
+    history_days = _ini_value(sections, "f2bsql", "history_days")
     if history_days:
         if not history_days.isdigit():
             raise ConfigError(f"{path}: history_days must be a whole number of days (0: for ever)")
         settings.history_days = int(history_days)
     for key in ("timeout", "rdns_budget", "replay_budget"):
-        value = _ini_value(parser, "f2bsql", key)
+        value = _ini_value(sections, "f2bsql", key)
         if value:
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"{path}: {key} must be a whole number of seconds")
             setattr(settings, key, int(value))
-    geoip = _ini_value(parser, "f2bsql", "geoip")
+    geoip = _ini_value(sections, "f2bsql", "geoip")
     if geoip:
         names = tuple(name.strip() for name in geoip.split(",") if name.strip())
         if names in (("off",), ("no",), ("false",)):
@@ -137,8 +176,8 @@ def settings_from_ini(path: str) -> Settings:
         elif names != ("auto",) and not set(names) <= set(GEOIP_BACKENDS):
             raise ConfigError(f"{path}: geoip must be auto, off or some of {', '.join(GEOIP_BACKENDS)}")
         settings.geoip = GEOIP_BACKENDS if names == ("auto",) else names
-    settings.mmdb = _ini_value(parser, "f2bsql", "mmdb") or ""
-    rdns = _ini_value(parser, "f2bsql", "rdns")
+    settings.mmdb = _ini_value(sections, "f2bsql", "mmdb") or ""
+    rdns = _ini_value(sections, "f2bsql", "rdns")
     if rdns:
         if rdns.lower() not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
             raise ConfigError(f"{path}: rdns must be yes or no")
