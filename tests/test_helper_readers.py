@@ -43,7 +43,10 @@ sys.path.insert(0, sys.argv[1])
 from f2bsql_host import helper
 from f2bsql_host.report import UsageError
 words, cases = json.loads(sys.argv[2]), int(sys.argv[3])
-globals_ = [[], ["--config", "/c"], ["--config=/c"], ["--hostname", "h"], ["-v"], ["--verbose"]]
+globals_ = [[], ["-v"], ["--verbose"]] + [
+    form for option in ("--config", "--hostname") for value in ("/c", "", "-1", "-x", "ban", "stop", "a=b")
+    for form in ([option, value], [option + "=" + value])
+]
 options = {"ban": ["--time"], "unban": ["--jail", "--time", "--bantime"], "start": ["--ports", "--protocol"]}
 
 def outcome(parse, argv):
@@ -180,6 +183,29 @@ def test_the_files_the_installer_and_iredmail_write_are_plain(tmp_path: Path) ->
         {"client": client, "f2bsql": {"backend": "mysql", "hostname": "mail1"}},
         {"client": {"host": "127.0.0.1", "port": "3306", "user": "root", "password": '"x:y#z"'}},
     ]
+
+
+def test_a_settings_file_configparser_reads_gives_the_same_settings(tmp_path: Path) -> None:
+    """The way through the file: CRLF lines, !include lines dropped, and where plain_ini gives
+    way ([DEFAULT], a continued value) configparser's reading, [DEFAULT] in every section."""
+    text = (
+        "!include /etc/mysql/other.cnf\r\n[DEFAULT]\r\nhost = db.example.com\r\n[client]\r\nuser = f2b\r\n"
+        "password = first\r\n  second\r\n[f2bsql]\r\nhostname = mail1\r\n"
+    )
+    path = tmp_path / "settings.cnf"
+    path.write_bytes(text.encode())
+    path.chmod(0o600)
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]);"
+        " from f2bsql_host.settings import _read_ini, settings_from_ini; s = settings_from_ini(sys.argv[2]);"
+        " print(json.dumps([_read_ini(sys.argv[2]), [s.host, s.user, s.password, s.hostname]]))"
+    )
+    sections, settings = _compare(SYSTEM_PYTHON, script, str(path))  # type: ignore[misc]
+    assert sections == {
+        "client": {"host": "db.example.com", "user": "f2b", "password": "first\nsecond"},
+        "f2bsql": {"host": "db.example.com", "hostname": "mail1"},
+    }
+    assert settings == ["db.example.com", "f2b", "first\nsecond", "mail1"]
 
 
 # --------------------------------------------------------------------------- values

@@ -102,6 +102,37 @@ def test_values_are_bound_by_the_server_never_spliced_into_the_sql(wire: Any) ->
     assert run(wire, "SELECT COUNT(*) FROM wire") == [(len(VALUES),)]
 
 
+def test_an_address_the_host_cannot_make_a_socket_for_gives_way_to_the_next(
+    mysql_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As socket.create_connection: "localhost" may name ::1 first on a host without IPv6, whose
+    kernel refuses the socket itself; the next address (127.0.0.1) is tried."""
+    mysqlwire = host_module("mysqlwire")
+    real = mysqlwire._socket
+
+    class NoIPv6:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def getaddrinfo(host: bytes, port: int, *args: Any) -> list[Any]:
+            ipv6 = (real.AF_INET6, real.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
+            return [ipv6, *real.getaddrinfo(host, port, *args)]
+
+        @staticmethod
+        def socket(family: int, *args: Any) -> Any:
+            if family == real.AF_INET6:
+                raise OSError(97, "Address family not supported by protocol")
+            return real.socket(family, *args)
+
+    monkeypatch.setattr(mysqlwire, "_socket", NoIPv6())
+    conn = wire_connect(mysql_db)
+    try:
+        assert run(conn, "SELECT 1") == [(1,)]
+    finally:
+        conn.close()
+
+
 def test_errors_carry_pymysqls_codes(mysql_db: Database, wire: Any) -> None:
     mysqlwire = host_module("mysqlwire")
 

@@ -266,7 +266,7 @@ def quick_args(argv: Sequence[str]) -> Args | None:
     Only the plain forms: the global options spelt out, then the command, its own options first,
     then positional values none of which begins with "-". Anything else (an abbreviation, -h,
     "--", an option among the values, too few or too many values) goes to argparse, whose errors
-    and help stay as they are. tests/test_helper_parser.py holds both to the same reading.
+    and help stay as they are. tests/test_helper_readers.py holds both to the same reading.
     """
     args: dict[str, object] = {"config": None, "hostname": None, "verbose": False}
     index = _read_options(argv, 0, args, ("--config", "--hostname"), {"-v": "verbose", "--verbose": "verbose"})

@@ -485,14 +485,16 @@ def _connect_tcp(host: bytes, port: int, timeout: float) -> _socket.socket:
     """socket.create_connection: each address of the name in turn, the first that answers."""
     error: OSError | None = None
     for family, kind, proto, _name, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        sock = _socket.socket(family, kind, proto)
-        try:
+        sock = None
+        try:  # the socket too: a host without IPv6 refuses to make one for ::1, and 127.0.0.1 is next
+            sock = _socket.socket(family, kind, proto)
             sock.settimeout(timeout)
             sock.connect(address)
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             return sock
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = exc
     raise error if error is not None else OSError(f"getaddrinfo returned no address for {host!r}")
 

@@ -91,7 +91,7 @@ def plain_ini(text: str) -> Sections | None:
 
     configparser imports re and compiles its patterns: a `ban` process would pay for both. Other
     forms (a value continued on an indented line, [DEFAULT], a line it refuses, ...) are left to
-    it (_configparser_ini); tests/test_settings_ini.py holds the two to the same reading.
+    it (_configparser_ini); tests/test_helper_readers.py holds the two to the same reading.
     """
     sections: Sections = {}
     current: dict[str, str | None] | None = None
