@@ -188,6 +188,9 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
         "missing file": None,
         "unknown backend": good.replace(f"backend = {db.backend}", "backend = oracle"),
         "port not a number": good.replace(f"port = {db.server.port}", "port = mysql"),
+        # configparser's messages quote the line they refuse: here, the password's.
+        "a setting before any section": f"password = {db.password}\n{good}",
+        "a line without a key": good.replace("[client]", f"[client]\n= {db.password}"),
     }
     for what, text in broken.items():
         if text is None:
@@ -197,6 +200,7 @@ def test_unusable_settings_exit_3(db: Database, host: Host) -> None:
         result = host.run("ban", *GOOD)
         assert result.returncode == 3, f"{what}: {result}"
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, f"{what}: {result}"
+        assert db.password not in result.stderr, f"{what}: the password is in the message"
     assert host.spooled() == []
     assert db.count() == 0
 

@@ -122,7 +122,15 @@ def _configparser_ini(text: str, path: str) -> Sections:
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        # Never configparser's own message: it quotes the lines it refuses, the password's too.
+        if isinstance(exc, configparser.MissingSectionHeaderError):
+            what = f"line {exc.lineno}: a setting before any [section]"
+        elif isinstance(exc, configparser.ParsingError):
+            numbers = ", ".join(str(number) for number, _line in exc.errors)
+            what = f"line {numbers}: not a setting (key = value), a [section] or a comment"
+        else:
+            what = type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {what} (the line is not shown: it may hold a password)") from None
     return {name: dict(parser.items(name, raw=True)) for name in parser.sections()}
 
 
