@@ -92,6 +92,11 @@ def test_mysql_option_files() -> None:
     root = detect.parse_mysql_option_file(read("root-iredmail-ldap/root/.my.cnf"))
     assert root == {"user": "root", "password": "rootpw"}
     assert detect.parse_mysql_option_file("[mysqld]\nuser=mysql\n") == {}
+    # configparser's own messages quote the refused line: here the password's.
+    for text, line in (("!include /x\npassword = pw-in-line\n[client]\n", 2), ("[client]\n= pw-in-line\n", 2)):
+        with pytest.raises(PreconditionError) as refused:
+            detect.parse_mysql_option_file(text, source="/root/.my.cnf")
+        assert f"/root/.my.cnf: line {line} " in refused.value.message and "pw-in-line" not in refused.value.message
 
 
 def test_pgpass_escapes_and_fields() -> None:

@@ -77,8 +77,9 @@ def _unquote(value: str) -> str:
 def _read_ini(path: str) -> Sections:
     try:
         with open(path, encoding="utf-8") as handle:
-            # MySQL option files may carry !include lines, which configparser cannot read.
-            text = "".join(line for line in handle if not line.lstrip().startswith("!"))
+            # MySQL option files may carry !include lines, which configparser cannot read: empty
+            # lines in their place, so that the line numbers of a message stay the file's.
+            text = "".join("\n" if line.lstrip().startswith("!") else line for line in handle)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     sections = plain_ini(text)

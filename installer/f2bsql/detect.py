@@ -248,14 +248,23 @@ def parse_fail2ban_status(text: str) -> list[str]:
     return []
 
 
-def parse_mysql_option_file(text: str, section: str = "client") -> dict[str, str]:
+def parse_mysql_option_file(text: str, section: str = "client", source: str = "a MySQL option file") -> dict[str, str]:
     """One section of a MySQL option file (`/root/.my.cnf`, `/root/.my.cnf-fail2ban`).
 
-    Values may be quoted; `!include` directives and options without a value are ignored.
+    Values may be quoted; `!include` directives and options without a value are ignored. A file
+    configparser refuses is a PreconditionError that names the line, never shows it (it may be
+    the password's).
     """
-    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("!"))
+    # The !include lines as empty ones: the line numbers stay the file's.
+    kept = "\n".join("" if line.lstrip().startswith("!") else line for line in text.splitlines())
     parser = configparser.ConfigParser(allow_no_value=True, interpolation=None, strict=False)
-    parser.read_string(kept)
+    try:
+        parser.read_string(kept)
+    except configparser.Error as exc:
+        lines = [exc.lineno] if isinstance(exc, configparser.MissingSectionHeaderError) else []
+        lines += [number for number, _line in getattr(exc, "errors", [])]
+        where = f"line {', '.join(map(str, lines))}" if lines else type(exc).__name__
+        raise PreconditionError(f"cannot read {source}: {where} is not a setting under a [section]") from None
     if not parser.has_section(section):
         return {}
     values: dict[str, str] = {}
@@ -399,7 +408,7 @@ def _mysql_credential(root: Path) -> Credential | None:
     text = _read(path)
     if text is None:
         return None
-    values = parse_mysql_option_file(text)
+    values = parse_mysql_option_file(text, source=str(path))
     if not values.get("password"):
         return None
     return Credential(
@@ -454,7 +463,9 @@ def _tcp_open(host: str, port: int) -> bool:
 def detect_mysql(root: Path, host: str | None = None, port: int | None = None) -> Backend:
     credential = _mysql_credential(root)
     root_cnf_text = _read(root / MYSQL_ROOT_CNF)
-    root_cnf = parse_mysql_option_file(root_cnf_text) if root_cnf_text is not None else {}
+    root_cnf = (
+        parse_mysql_option_file(root_cnf_text, source=str(root / MYSQL_ROOT_CNF)) if root_cnf_text is not None else {}
+    )
     sockets = [root / s for s in MYSQL_SOCKETS if (root / s).exists()]
     server = root == Path("/") and bool(shutil.which("mariadbd") or shutil.which("mysqld"))
     installed = bool(server or sockets or root_cnf_text is not None)
