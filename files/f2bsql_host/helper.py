@@ -117,6 +117,20 @@ def _days(value: str) -> int:
     return int(value)
 
 
+# Each command's handler: the parser's and quick_args' one table.
+HANDLERS = {
+    "start": _cmd_start,
+    "stop": _cmd_stop,
+    "cleanup": _cmd_stop,
+    "flush": _cmd_flush,
+    "ban": _cmd_ban,
+    "unban": _cmd_unban,
+    "unban_db": _cmd_unban_db,
+    "sync": _cmd_sync,
+    "replay": _cmd_replay,
+}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The helper's parser; given the command argv names, with that subcommand alone.
 
@@ -133,25 +147,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
 
     def add(name: str, summary: str) -> argparse.ArgumentParser | None:
-        return commands.add_parser(name, help=summary) if command in (None, name) else None
+        if command not in (None, name):
+            return None
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=summary)
+        sub.set_defaults(func=HANDLERS[name])
+        return sub
 
     sub = add("start", "a jail's banned_db action started")
     if sub:
         sub.add_argument("--ports", help="the ports the action records bans with")
         sub.add_argument("--protocol", help="the protocol the action records bans with")
         sub.add_argument("jail")
-        sub.set_defaults(func=_cmd_start)
 
     for name in ("stop", "cleanup"):
         sub = add(name, "a jail stopped: forget its bans and the jail")
         if sub:
             sub.add_argument("jail")
-            sub.set_defaults(func=_cmd_stop)
 
     sub = add("flush", "fail2ban lifted every ban of a jail at once")
     if sub:
         sub.add_argument("jail")
-        sub.set_defaults(func=_cmd_flush)
 
     sub = add("ban", "record a ban")
     if sub:
@@ -162,7 +177,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("jail")
         sub.add_argument("failures", nargs="?", default="")
         sub.add_argument("loglines", nargs=argparse.REMAINDER)
-        sub.set_defaults(func=_cmd_ban)
 
     sub = add("unban", "forget bans of these addresses")
     if sub:
@@ -170,25 +184,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--time", help="when the ban began (fail2ban's <time>): with --bantime, tells an expiry")
         sub.add_argument("--bantime", help="the ban's length in seconds, -1 for ever (fail2ban's <bantime>)")
         sub.add_argument("ips", nargs="+", metavar="ip")
-        sub.set_defaults(func=_cmd_unban)
 
     sub = add("unban_db", "lift the bans a panel marked remove = 1, then sync (cron)")
     if sub:
         sub.add_argument("--history-days", type=_days, help="keep this host's history this many days (0: for ever)")
         sub.add_argument("--metrics-dir", help="node_exporter's textfile directory for the figures (off: none)")
-        sub.set_defaults(func=_cmd_unban_db)
 
-    sub = add("sync", "make this host's rows match fail2ban's live bans")
-    if sub:
-        sub.set_defaults(func=_cmd_sync)
-
-    sub = add("replay", "only replay spooled events")
-    if sub:
-        sub.set_defaults(func=_cmd_replay)
+    add("sync", "make this host's rows match fail2ban's live bans")
+    add("replay", "only replay spooled events")
     return parser
 
 
-COMMANDS = ("start", "stop", "cleanup", "flush", "ban", "unban", "unban_db", "sync", "replay")
+COMMANDS = tuple(HANDLERS)
 
 
 def command_named(argv: Sequence[str]) -> str | None:
@@ -217,14 +224,6 @@ _QUICK_OPTIONS = {
     "stop": (),
     "cleanup": (),
     "flush": (),
-}
-_QUICK_FUNCS = {
-    "ban": _cmd_ban,
-    "unban": _cmd_unban,
-    "start": _cmd_start,
-    "stop": _cmd_stop,
-    "cleanup": _cmd_stop,
-    "flush": _cmd_flush,
 }
 
 
@@ -295,7 +294,7 @@ def quick_args(argv: Sequence[str]) -> Args | None:
         args["jail"] = values[0]
     else:
         return None
-    return Args(**args, func=_QUICK_FUNCS[command])
+    return Args(**args, func=HANDLERS[command])
 
 
 def _runner(args: Args) -> Runner:

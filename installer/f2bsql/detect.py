@@ -261,9 +261,12 @@ def parse_mysql_option_file(text: str, section: str = "client", source: str = "a
     try:
         parser.read_string(kept)
     except configparser.Error as exc:
-        lines = [exc.lineno] if isinstance(exc, configparser.MissingSectionHeaderError) else []
-        lines += [number for number, _line in getattr(exc, "errors", [])]
-        where = f"line {', '.join(map(str, lines))}" if lines else type(exc).__name__
+        if isinstance(exc, configparser.MissingSectionHeaderError):  # a ParsingError too
+            where = f"line {exc.lineno}"
+        elif isinstance(exc, configparser.ParsingError):
+            where = "line " + ", ".join(str(number) for number, _line in exc.errors)
+        else:
+            where = type(exc).__name__
         raise PreconditionError(f"cannot read {source}: {where} is not a setting under a [section]") from None
     if not parser.has_section(section):
         return {}
