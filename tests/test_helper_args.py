@@ -225,8 +225,8 @@ _LOADED = (
 def test_an_event_command_loads_none_of_the_cron_runs_code(db: Database, host: Host) -> None:
     """fail2ban starts a helper process for every event: `ban` must not pay for the modules of
     unban_db and sync (maintenance, and what it asks fail2ban with), nor, with country lookups
-    off, for the lookup's, nor on MySQL for PyMySQL (its own client speaks this login) or the
-    standard modules in COSTLY;
+    off, for the lookup's, nor for PyMySQL or psycopg2 (their own clients speak these logins), nor
+    for the standard modules in COSTLY;
     `unban_db` loads them."""
     argv = [SYSTEM_PYTHON, "-c", _LOADED, str(HOST_LIB), "--config", str(host.config)]
     ban = ["ban", "192.0.2.7", DOVECOT_PORTS, "tcp", "dovecot", "3", "auth failure"]
@@ -238,6 +238,8 @@ def test_an_event_command_loads_none_of_the_cron_runs_code(db: Database, host: H
     assert {"f2bsql_host.db", "f2bsql_host.runner"} <= loaded and db.banned(ip="192.0.2.7")
     if db.backend == "mysql":
         assert "f2bsql_host.mysqlwire" in loaded and not {m for m in loaded if m.startswith("pymysql")}, loaded
-        assert loaded & set(COSTLY) == set(), loaded  # (psycopg2 imports some of them itself)
+    else:  # its own client there too: no psycopg2, and so no libpq and its libraries (pgwire.py)
+        assert "f2bsql_host.pgwire" in loaded and not {m for m in loaded if m.startswith("psycopg2")}, loaded
+    assert loaded & set(COSTLY) == set(), loaded
     done = subprocess.run([*argv, "unban_db"], env=BASE_ENV, capture_output=True, text=True, timeout=60, check=False)
     assert {"f2bsql_host.maintenance", "f2bsql_host.fail2ban"} <= set(done.stdout.split()), done

@@ -17,7 +17,8 @@ from typing import Any
 import pymysql
 import pytest
 from servers import OwnServer
-from testbed import Database, Host, host_module
+from testbed import Database, Host, host_module, wire_connect
+from testbed import wire_run as run
 
 VALUES: list[Any] = [
     "plain",
@@ -26,14 +27,6 @@ VALUES: list[Any] = [
     "Grüße 🙂 漢字",
     "",
 ]
-
-
-def wire_connect(db: Database, **extra: Any) -> Any:
-    login: dict[str, Any] = {
-        "user": db.user, "password": db.password, "database": db.name,
-        "host": db.server.host, "port": db.server.port, "connect_timeout": 5, "read_timeout": 10,
-    }  # fmt: skip
-    return host_module("mysqlwire").connect(**{**login, **extra})
 
 
 @pytest.fixture
@@ -46,12 +39,6 @@ def wire(mysql_db: Database) -> Iterator[Any]:
     conn = wire_connect(mysql_db)
     yield conn
     conn.close()
-
-
-def run(conn: Any, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cursor:
-        cursor.execute(statement, tuple(params))
-        return list(cursor.fetchall())
 
 
 def test_rows_read_back_are_what_pymysql_reads(mysql_db: Database, wire: Any) -> None:
@@ -107,8 +94,8 @@ def test_an_address_the_host_cannot_make_a_socket_for_gives_way_to_the_next(
 ) -> None:
     """As socket.create_connection: "localhost" may name ::1 first on a host without IPv6, whose
     kernel refuses the socket itself; the next address (127.0.0.1) is tried."""
-    mysqlwire = host_module("mysqlwire")
-    real = mysqlwire._socket
+    wire = host_module("wire")  # the socket code both own clients share
+    real = wire._socket
 
     class NoIPv6:
         def __getattr__(self, name: str) -> Any:
@@ -125,7 +112,7 @@ def test_an_address_the_host_cannot_make_a_socket_for_gives_way_to_the_next(
                 raise OSError(97, "Address family not supported by protocol")
             return real.socket(family, *args)
 
-    monkeypatch.setattr(mysqlwire, "_socket", NoIPv6())
+    monkeypatch.setattr(wire, "_socket", NoIPv6())
     conn = wire_connect(mysql_db)
     try:
         assert run(conn, "SELECT 1") == [(1,)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from testbed import DOVECOT_PORTS, Database, Fail2ban, Host, closed_port, unb64, wait_for
 
@@ -36,6 +37,12 @@ def test_ban_and_unban_write_the_same_rows_as_the_command_action(
         # Naive UTC, rounded to the second as fail2ban rounds its ban time.
         assert abs(before - row["timestamp"]) < datetime.timedelta(minutes=1)
     assert {row["ip"] for row in rows} == {"192.0.2.10", "2001:db8::10"}
+    # fail2ban forks itself for every firewall action call, and each fork copies what the server
+    # has mapped: the action records through the host code's own clients, never loading libpq
+    # (with its Kerberos, LDAP and GnuTLS) or PyMySQL's cryptography (bench/README, 2026-12-07).
+    assert fail2ban.pid is not None
+    maps = Path(f"/proc/{fail2ban.pid}/maps").read_text()
+    assert not [lib for lib in ("libpq", "_psycopg", "libkrb5", "libldap", "_cffi_backend") if lib in maps]
 
     # Matches from the jail's own log: failures and base64 log lines as the helper stores them.
     lines = [f"auth failure from 192.0.2.11 try {n} it's `id` $(id)" for n in (1, 2)]

@@ -593,6 +593,26 @@ def host_module(name: str) -> ModuleType:
     return importlib.import_module(f"f2bsql_host.{name}")
 
 
+# The host code's own clients (files/f2bsql_host/mysqlwire.py, pgwire.py), per backend.
+WIRE_CLIENTS = {"mysql": "mysqlwire", "pgsql": "pgwire"}
+
+
+def wire_connect(db: Database, **extra: Any) -> Any:
+    """A connection of the backend's own client to this database, as its login user."""
+    login: dict[str, Any] = {
+        "user": db.user, "password": db.password, "database": db.name,
+        "host": db.server.host, "port": db.server.port, "connect_timeout": 5, "read_timeout": 10,
+    }  # fmt: skip
+    return host_module(WIRE_CLIENTS[db.backend]).connect(**{**login, **extra})
+
+
+def wire_run(conn: Any, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """One statement through such a connection's cursor: the rows it read."""
+    with conn.cursor() as cursor:
+        cursor.execute(statement, tuple(params))
+        return list(cursor.fetchall())
+
+
 @dataclasses.dataclass
 class Run:
     """What one helper run did."""

@@ -11,7 +11,7 @@ type checker (`TYPE_CHECKING = False`, which mypy reads as true): importing typi
 process more than its database statement does. Likewise its value classes are Records
 (record.py), not dataclasses; the event commands read argv without argparse (helper.quick_args)
 and the settings file without configparser (settings.plain_ini), leaving anything but the
-plain forms to them; the checks use no re; the MySQL client and the host name take _socket,
+plain forms to them; the checks use no re; the MySQL and PostgreSQL clients and the host name take _socket,
 the country lookup's lock _thread, and datetime comes from its C module (cdatetime); json,
 hashlib, shutil and libloc's logging wrapper stay unimported on that path
 (tests/test_helper_args.py checks which modules a `ban` loads, tests/test_helper_readers.py that
@@ -26,6 +26,8 @@ the own readers read as the standard ones).
     geo, rdns country and reverse DNS of an address
     db        every SQL statement, one connection
     mysqlwire the MySQL client of the standard library that db uses (PyMySQL where it cannot)
+    pgwire    the PostgreSQL client of the standard library that db uses (psycopg2 where it cannot)
+    wire      what those two share: the socket, its buffer, the cursor
     events    the typed events, and their JSON form in the spool
     spool     events kept on disk while the database is away
     fail2ban  fail2ban's live bans and its own record of them

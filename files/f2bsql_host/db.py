@@ -1,8 +1,9 @@
 """The database: one copy of every statement, for MySQL/MariaDB and PostgreSQL, and one connection.
 
-The driver (PyMySQL or psycopg2) is imported only when a connection is made, and only the one
-the backend needs. Every failure becomes DatabaseUnavailable (try again later: the event is
-spooled) or EventRejected (the server refused the event itself: it is set aside).
+Connections are made by the host code's own clients (mysqlwire, pgwire), or where those
+cannot by the driver (PyMySQL or psycopg2), imported only then. Every failure becomes
+DatabaseUnavailable (try again later: the event is spooled) or EventRejected (the server
+refused the event itself: it is set aside).
 """
 
 from __future__ import annotations
@@ -325,28 +326,7 @@ class Database:
             if s.backend == "mysql":
                 self._conn = self._connect_mysql()
             else:
-                import psycopg2  # type: ignore[import-untyped]
-
-                self._errors = (psycopg2.Error,)
-                kwargs = {
-                    "dbname": s.database,
-                    "user": s.user,
-                    "connect_timeout": s.timeout,
-                    "application_name": APPLICATION,
-                    "options": f"-c lock_timeout={s.timeout * 1000} -c statement_timeout={s.timeout * 2000}",
-                }
-                if s.password is not None:
-                    kwargs["password"] = s.password
-                if s.host or s.socket:
-                    kwargs["host"] = s.host or s.socket
-                if s.port:
-                    kwargs["port"] = s.port
-                # libpq waits for an answer for ever: a server that hangs with the connection open
-                # (stopped, swapping, its disk stuck) would hold the caller, and fail2ban's jail with
-                # the Python action, for good. Wait as PyMySQL's read timeout does, then give up.
-                psycopg2.extensions.set_wait_callback(functools.partial(_pg_wait, s.timeout * 2))
-                self._conn = psycopg2.connect(**kwargs)
-                self._conn.autocommit = True
+                self._conn = self._connect_pgsql()
         except ImportError as exc:
             driver = "PyMySQL (python3-pymysql)" if s.backend == "mysql" else "psycopg2 (python3-psycopg2)"
             raise HelperError(f"{driver} is not importable by {sys.executable}: {exc}") from None
@@ -355,6 +335,43 @@ class Database:
             # event's: the event waits in the spool until the setup is fixed.
             raise DatabaseUnavailable(f"cannot connect to the {s.backend} database: {reason(exc)}") from None
         return self
+
+    def _connect_pgsql(self) -> Any:
+        """Our own client (pgwire: it loads no libpq into fail2ban-server), or psycopg2 where the
+        server, the login or libpq's environment needs what ours does not speak."""
+        from . import pgwire
+
+        s = self.settings
+        where = s.host or s.socket
+        parameters = {
+            "application_name": APPLICATION,
+            "options": f"-c lock_timeout={s.timeout * 1000} -c statement_timeout={s.timeout * 2000}",
+        }
+        self._errors = (pgwire.PgError,)
+        try:
+            return pgwire.connect(
+                user=s.user, password=s.password, database=s.database, host=where, port=s.port or 5432,
+                connect_timeout=s.timeout, read_timeout=s.timeout * 2, parameters=parameters,
+            )  # fmt: skip
+        except pgwire.Unsupported:
+            pass
+        import psycopg2  # type: ignore[import-untyped]
+
+        self._errors = (psycopg2.Error,)
+        kwargs: dict[str, Any] = {"dbname": s.database, "user": s.user, "connect_timeout": s.timeout, **parameters}
+        if s.password is not None:
+            kwargs["password"] = s.password
+        if where:
+            kwargs["host"] = where
+        if s.port:
+            kwargs["port"] = s.port
+        # libpq waits for an answer for ever: a server that hangs with the connection open
+        # (stopped, swapping, its disk stuck) would hold the caller, and fail2ban's jail with
+        # the Python action, for good. Wait as the read timeout of our clients does, then give up.
+        psycopg2.extensions.set_wait_callback(functools.partial(_pg_wait, s.timeout * 2))
+        conn = psycopg2.connect(**kwargs)
+        conn.autocommit = True
+        return conn
 
     def _connect_mysql(self) -> Any:
         """Our own client (mysqlwire: imported in a few milliseconds), or PyMySQL where the server

@@ -17,12 +17,11 @@ connect, 2013 connection lost or timed out.
 
 from __future__ import annotations
 
-# _socket, not socket: socket.py's enums and selectors cost a `ban` process more than its statement.
-import _socket
 import contextlib
 import struct
 
 from .cdatetime import datetime
+from .wire import Stream, connect_tcp, connect_unix, host_bytes
 
 try:  # the builtin module: hashlib loads OpenSSL, most of a millisecond or two, for this one hash
     from _sha1 import sha1  # type: ignore[import-not-found]
@@ -32,12 +31,9 @@ except ImportError:  # a build without it
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, TypeVar
-
-    Result = TypeVar("Result")
+    from typing import Any
 
 _MAX_PACKET = 0xFFFFFF
-_RECV_SIZE = 65536  # what one recv() asks for at least
 _UTF8MB4 = 45  # utf8mb4_general_ci
 _BINARY = 63  # the charset of binary strings: returned as bytes
 
@@ -145,38 +141,22 @@ def _error(packet: bytes) -> MySQLError:
     return MySQLError(code, reader.data[reader.pos :].decode("utf-8", "replace"))
 
 
-class Cursor:
-    """The part of PyMySQL's cursor db.Database uses: execute, fetchall, rowcount."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self.rowcount = -1
-        self._rows: list[tuple[Any, ...]] = []
-
-    def __enter__(self) -> Cursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._rows = []
-
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
-        self.rowcount, self._rows = self._conn.execute(statement, params)
-        return self.rowcount
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        rows, self._rows = self._rows, []
-        return rows
-
-
-class Connection:
+class Connection(Stream):
     """One connection, always in autocommit but inside begin() ... commit()/rollback()."""
 
-    def __init__(self, sock: _socket.socket) -> None:
-        self._sock = sock
-        self._open = True
-        self._buffer = bytearray()  # what the server sent that is not read yet
+    _PASSED = (MySQLError, Unsupported, TypeError)  # TypeError: the caller's parameters
+    _GOODBYE = b"\x01\x00\x00\x00" + bytes((_COM_QUIT,))
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
         self._seq = 0
         self._thread_id = 0
+
+    def _lost_error(self, why: str) -> MySQLError:
+        return MySQLError(CLIENT_LOST, f"Lost connection to MySQL server during query ({why})")
+
+    def _unreadable_error(self, message: str) -> MySQLError:
+        return MySQLError(CLIENT_MALFORMED, message)
 
     # Packets.
 
@@ -188,24 +168,7 @@ class Connection:
             self._seq = (self._seq + 1) & 0xFF
             if len(chunk) < _MAX_PACKET:
                 break
-        try:
-            self._sock.sendall(out)
-        except OSError as exc:
-            raise self._lost(exc) from None
-
-    def _recv(self, count: int) -> bytes:
-        buffer = self._buffer
-        try:
-            while len(buffer) < count:
-                chunk = self._sock.recv(max(count - len(buffer), _RECV_SIZE))
-                if not chunk:
-                    raise self._lost(None)
-                buffer += chunk
-        except OSError as exc:
-            raise self._lost(exc) from None
-        data = bytes(buffer[:count])
-        del buffer[:count]
-        return data
+        self._sendall(bytes(out))
 
     def _read(self) -> bytes:
         data = b""
@@ -219,11 +182,6 @@ class Connection:
             data += self._recv(length)
             if length < _MAX_PACKET:
                 return data
-
-    def _lost(self, exc: BaseException | None) -> MySQLError:
-        self.close()
-        why = "timed out" if isinstance(exc, _socket.timeout) else (str(exc) if exc else "the server closed it")
-        return MySQLError(CLIENT_LOST, f"Lost connection to MySQL server during query ({why})")
 
     def _command(self, command: int, payload: bytes) -> None:
         if not self._open:
@@ -244,17 +202,6 @@ class Connection:
         return int(reader.unpack("<H"))
 
     # The login.
-
-    def _guarded(self, work: Callable[[], Result]) -> Result:
-        """Run `work`; an answer it cannot read (a malformed or unexpected packet) loses the
-        stream, so the connection is closed and the error is a MySQLError like any loss."""
-        try:
-            return work()
-        except (MySQLError, Unsupported, TypeError):  # TypeError: the caller's parameters
-            raise
-        except Exception as exc:
-            self.close()
-            raise MySQLError(CLIENT_MALFORMED, f"unreadable answer from the server: {exc!r}") from None
 
     def login(self, user: str, password: str, database: str) -> None:
         self._guarded(lambda: self._login(user, password, database))
@@ -324,9 +271,6 @@ class Connection:
     def rollback(self) -> None:
         self.query("ROLLBACK")
 
-    def cursor(self) -> Cursor:
-        return Cursor(self)
-
     def thread_id(self) -> int:
         """The server's id of this connection (what KILL and the process list name)."""
         return self._thread_id
@@ -381,16 +325,6 @@ class Connection:
             if packet[0] == 0xFF:
                 raise _error(packet)
             rows.append(_binary_row(packet, columns))
-
-    def close(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self._seq = 0
-        with contextlib.suppress(OSError):  # say goodbye: the server logs a connection that just drops
-            self._sock.sendall(b"\x01\x00\x00\x00" + bytes((_COM_QUIT,)))
-        with contextlib.suppress(OSError):
-            self._sock.close()
 
 
 def _parameters(params: Sequence[Any]) -> bytes:
@@ -481,24 +415,6 @@ def _time(raw: bytes) -> datetime.timedelta:
     return -value if negative else value
 
 
-def _connect_tcp(host: bytes, port: int, timeout: float) -> _socket.socket:
-    """socket.create_connection: each address of the name in turn, the first that answers."""
-    error: OSError | None = None
-    for family, kind, proto, _name, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        sock = None
-        try:  # the socket too: a host without IPv6 refuses to make one for ::1, and 127.0.0.1 is next
-            sock = _socket.socket(family, kind, proto)
-            sock.settimeout(timeout)
-            sock.connect(address)
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            return sock
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            error = exc
-    raise error if error is not None else OSError(f"getaddrinfo returned no address for {host!r}")
-
-
 def connect(
     *,
     user: str,
@@ -514,17 +430,9 @@ def connect(
     """A logged-in connection in autocommit, `init_command` run; Unsupported if PyMySQL must do it."""
     try:
         if unix_socket:
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                sock.settimeout(connect_timeout)
-                sock.connect(unix_socket)
-            except BaseException:
-                sock.close()
-                raise
+            sock = connect_unix(unix_socket, connect_timeout)
         else:
-            # As bytes: a str would make getaddrinfo load the idna codec (unicodedata, stringprep).
-            name = host.encode("ascii") if host.isascii() else host.encode("idna")
-            sock = _connect_tcp(name, port, connect_timeout)
+            sock = connect_tcp(host_bytes(host), port, connect_timeout)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name idna cannot encode
         where = unix_socket or f"{host}:{port}"
         code = CLIENT_SOCKET_CANNOT_CONNECT if unix_socket else CLIENT_CANNOT_CONNECT
