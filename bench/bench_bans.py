@@ -2,8 +2,8 @@
 """Bans and panel unbans through a real fail2ban-server: the command action, the Python action, and
 fail2ban with no recording action at all (the floor: what its firewall action alone costs).
 
-All run in the same process, against the same servers, one after the other, so their ratios
-hold on a noisy machine. For each backend, action and burst size N, and each of --runs runs:
+All run in the same process, against the same servers, the actions taking turns within each
+run, so their ratios hold on a noisy machine. For each backend, action and burst size N, and each of --runs runs:
 
   burst     `fail2ban-client set dovecot banip` of N addresses in one call, until all N rows exist
             (for the floor: until the firewall action has run for all N)
@@ -235,39 +235,65 @@ class Bench:
         return took
 
 
+def measure_once(
+    backend: str,
+    action: str,
+    sizes: list[int],
+    run: int,
+    singles: int,
+    firewall: bool,
+    baseline: Path | None,
+    figures: dict[str, list[float]],
+) -> None:
+    """One run of one action: a fresh database and fail2ban-server, each burst size, the singles."""
+    bench = Bench(backend, action, firewall, baseline if action == "command" else None)
+    try:
+        for size in sizes:
+            ips = addresses(size, offset=run * 100_000 % 60_000)
+            if action == "none":
+                figures.setdefault(f"burst {size}", []).append(bench.floor(ips))
+                continue
+            took, after = bench.burst(ips)
+            figures.setdefault(f"burst {size}", []).append(took)
+            if after is not None:
+                figures.setdefault(f"rows late {size}", []).append(after)
+            figures.setdefault(f"unban_db {size}", []).append(bench.unban_db(size))
+        for n in range(singles if action != "none" else 0):
+            ban, unban = bench.single(addresses(1, offset=120_000 + n)[0])
+            figures.setdefault("ban", []).append(ban)
+            figures.setdefault("unban", []).append(unban)
+            if action == "command":  # the CLI is the same whichever action fail2ban uses
+                # Country lookups on, as on a host (the test bed's settings turn them off).
+                bench.host.write_config(geoip="auto")
+                public = addresses(1, offset=run * singles + n, first=FIRST_PUBLIC)[0]
+                figures.setdefault("cli ban", []).append(bench.cli_ban(public))
+                if bench.baseline is not None:
+                    figures.setdefault("cli ban baseline", []).append(bench.baseline.ban(public))
+                bench.host.write_config()
+    finally:
+        bench.close()
+
+
 def measure(
-    backend: str, action: str, sizes: list[int], runs: int, singles: int, firewall: bool, baseline: Path | None
-) -> dict[str, float]:
-    figures: dict[str, list[float]] = {}
+    backend: str,
+    actions: list[str],
+    sizes: dict[str, list[int]],
+    runs: int,
+    singles: int,
+    firewall: bool,
+    baseline: Path | None,
+) -> dict[str, dict[str, float]]:
+    """Medians per action. The actions take turns within each run (python, floor, python, floor
+    ...), so a machine that gets slower or faster during the bench moves both sides of a ratio."""
+    figures: dict[str, dict[str, list[float]]] = {action: {} for action in actions}
     for run in range(runs):
-        bench = Bench(backend, action, firewall, baseline if action == "command" else None)
-        try:
-            for size in sizes:
-                ips = addresses(size, offset=run * 100_000 % 60_000)
-                if action == "none":
-                    figures.setdefault(f"burst {size}", []).append(bench.floor(ips))
-                    continue
-                took, after = bench.burst(ips)
-                figures.setdefault(f"burst {size}", []).append(took)
-                if after is not None:
-                    figures.setdefault(f"rows late {size}", []).append(after)
-                figures.setdefault(f"unban_db {size}", []).append(bench.unban_db(size))
-            for n in range(singles if action != "none" else 0):
-                ban, unban = bench.single(addresses(1, offset=120_000 + n)[0])
-                figures.setdefault("ban", []).append(ban)
-                figures.setdefault("unban", []).append(unban)
-                if action == "command":  # the CLI is the same whichever action fail2ban uses
-                    # Country lookups on, as on a host (the test bed's settings turn them off).
-                    bench.host.write_config(geoip="auto")
-                    public = addresses(1, offset=run * singles + n, first=FIRST_PUBLIC)[0]
-                    figures.setdefault("cli ban", []).append(bench.cli_ban(public))
-                    if bench.baseline is not None:
-                        figures.setdefault("cli ban baseline", []).append(bench.baseline.ban(public))
-                    bench.host.write_config()
-        finally:
-            bench.close()
-        print(f"  {backend} {action}: run {run + 1}/{runs} done", file=sys.stderr, flush=True)
-    return {name: statistics.median(values) for name, values in figures.items()}
+        for action in actions:
+            measure_once(backend, action, sizes[action], run, singles, firewall, baseline, figures[action])
+        print(f"  {backend} {', '.join(actions)}: run {run + 1}/{runs} done", file=sys.stderr, flush=True)
+    return {
+        action: {name: statistics.median(values) for name, values in by_name.items()}
+        for action, by_name in figures.items()
+    }
 
 
 def _figure_order(name: str) -> tuple[int, int]:
@@ -317,18 +343,15 @@ def main() -> int:
     print(machine())
     try:
         for backend in args.backends.split(","):
-            results = {
-                action: measure(
-                    backend,
-                    action,
-                    baseline_sizes if action == "command" else sizes,
-                    args.runs,
-                    args.singles,
-                    firewall,
-                    args.baseline_helper,
-                )
-                for action in actions
-            }
+            results = measure(
+                backend,
+                actions,
+                {action: baseline_sizes if action == "command" else sizes for action in actions},
+                args.runs,
+                args.singles,
+                firewall,
+                args.baseline_helper,
+            )
             command, python, floor = (results.get(action, {}) for action in ACTIONS)
             print(
                 f"\n{backend}: {'figure':<18}{'command action':>16}{'Python action':>16}{'floor':>16}"
