@@ -1,0 +1,91 @@
+"""playbooks/site.yml in a fleet whose database server is not in the run.
+
+The mail hosts of a fleet log in with the fleet's one password, which a run learns on the
+database server or is given. With the server left out (`--limit`) or unreachable, a mail host
+would get the password of its own old credential file, or a new one the server never heard of,
+and spool every ban for ever. The run must stop in its first play with one clear message and
+change nothing, unless the password is given.
+
+Every run here is `--check`: should the guard ever let one through, it still changes nothing on
+this machine (and the assertions on where it stopped fail).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from testbed import REPO
+
+PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+LOCAL = "localhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3"
+
+
+def inventory(tmp_path: Path, database: str) -> Path:
+    path = tmp_path / "inventory.ini"
+    path.write_text(f"[f2bsql_database]\n{database}\n\n[f2bsql_fail2ban]\n{LOCAL}\n", encoding="utf-8")
+    return path
+
+
+def play(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    return subprocess.run(
+        [PLAYBOOK, "--check", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def recap(done: subprocess.CompletedProcess[str], host: str) -> dict[str, int]:
+    [line] = re.findall(rf"^{re.escape(host)}\s+:(.*)$", done.stdout, re.MULTILINE)
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def stopped_by_the_guard(done: subprocess.CompletedProcess[str], returncode: int = 2) -> None:
+    assert done.returncode == returncode, done.stdout[-3000:]
+    assert "the database server (db.example.test) is not in this run" in done.stdout, done.stdout[-3000:]
+    assert "localhost would get one it does not accept" in done.stdout
+    # Play 1 stopped at the guard: no password was read or chosen, no role ran.
+    assert "Read the MySQL credential file" not in done.stdout
+    assert "PLAY [Provision the database]" not in done.stdout
+    assert "PLAY [Record the bans of fail2ban in it]" not in done.stdout
+    counts = recap(done, "localhost")
+    assert counts["failed"] == 1 and counts["changed"] == 0, counts
+
+
+def test_a_mail_host_limited_away_from_its_database_server_needs_the_password(tmp_path: Path) -> None:
+    hosts = inventory(tmp_path, "db.example.test ansible_host=127.0.0.1")
+    stopped_by_the_guard(play("-i", str(hosts), "playbooks/site.yml", "--limit", "localhost"))
+
+
+def test_an_unreachable_database_server_stops_the_run_too(tmp_path: Path) -> None:
+    # A closed port on this machine's loopback: ssh is refused at once.
+    hosts = inventory(tmp_path, "db.example.test ansible_host=127.0.0.1 ansible_port=9 ansible_connection=ssh")
+    done = play("-i", str(hosts), "playbooks/site.yml")
+    stopped_by_the_guard(done, returncode=4)  # ansible-playbook's code when a host was unreachable
+    assert recap(done, "db.example.test")["unreachable"] == 1
+
+
+def test_with_the_password_given_the_guard_lets_the_run_on(tmp_path: Path) -> None:
+    """The same guard, alone in a play with the same inventory: the password given is what it asks."""
+    hosts = inventory(tmp_path, "db.example.test ansible_host=127.0.0.1")
+    guard = tmp_path / "guard.yml"
+    guard.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.import_tasks: {REPO / 'playbooks' / 'tasks' / 'fleet_guard.yml'}\n"
+        "    - ansible.builtin.debug:\n        msg: past the guard\n",
+        encoding="utf-8",
+    )
+    extra = tmp_path / "vault.yml"
+    extra.write_text("f2bsql_database_password: the-fleets-password-42\n", encoding="utf-8")
+    extra.chmod(0o600)
+    given = play("-i", str(hosts), str(guard), "--limit", "localhost", "-e", f"@{extra}")
+    assert given.returncode == 0 and "past the guard" in given.stdout, given.stdout[-3000:]
+    assert "the-fleets-password-42" not in given.stdout + given.stderr
+    missing = play("-i", str(hosts), str(guard), "--limit", "localhost")
+    assert missing.returncode == 2 and "is not in this run" in missing.stdout, missing.stdout[-3000:]
+    # With the database server in the run there is nothing to guard: it teaches the password.
+    everyone = tmp_path / "one-host.ini"
+    everyone.write_text(f"[f2bsql_database]\n{LOCAL}\n\n[f2bsql_fail2ban]\n{LOCAL}\n", encoding="utf-8")
+    assert play("-i", str(everyone), str(guard)).returncode == 0
