@@ -42,10 +42,13 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         sent.append(statement % tuple(pymysql.converters.escape_item(value, "utf8mb4") for value in params))
         return execute(self, statement, params)
 
-    class PgsqlRecording(psycopg2.extensions.cursor):  # type: ignore[misc]
-        def execute(self, query: str, vars: Any = None) -> None:
-            sent.append(self.mogrify(query, vars).decode("utf-8"))
-            super().execute(query, vars)
+    pg_wire = host_module("pgwire").Connection
+    pg_execute = pg_wire.execute
+
+    def recording_pg_execute(self: Any, statement: str, params: Any) -> Any:
+        # The server binds them (Bind): as literals here, as psycopg2 would write them.
+        sent.append(statement % tuple(psycopg2.extensions.adapt(value).getquoted().decode("utf-8") for value in params))
+        return pg_execute(self, statement, params)
 
     database = host_module("db").Database
     connect = database.connect
@@ -55,10 +58,11 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         if self.settings.backend == "mysql":
             assert isinstance(made._conn, wire), "this host's login is one mysqlwire speaks"
         else:
-            made._conn.cursor_factory = PgsqlRecording
+            assert isinstance(made._conn, pg_wire), "this host's login is one pgwire speaks"
         return made
 
     monkeypatch.setattr(wire, "execute", recording_execute)
+    monkeypatch.setattr(pg_wire, "execute", recording_pg_execute)
     monkeypatch.setattr(database, "connect", recording_connect)
     return sent
 

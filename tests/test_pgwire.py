@@ -132,6 +132,7 @@ def test_errors_carry_the_sqlstate_and_a_lost_connection_none(pg_db: Database, w
         assert caught.value.pgcode == code, statement
         assert run(wire, "SELECT COUNT(*) FROM u") == [(1,)]  # the connection goes on
     [(pid,)] = run(wire, "SELECT pg_backend_pid()")
+    assert wire.get_backend_pid() == pid  # psycopg2's name: the tests terminate the action's connection with it
     with pg_db.conn.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(pgwire.PgError) as caught:
@@ -308,7 +309,7 @@ def fake_connect(server: FakeServer, **extra: Any) -> Any:
 
 
 def test_a_server_that_stalls_in_the_tls_handshake_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """It said yes to TLS and then nothing: the handshake waits the connect timeout, not for ever
+    """It said yes to TLS and then nothing: the handshake waits the read timeout, not for ever
     (inside fail2ban-server that would be the jail's writer thread)."""
     pgwire = host_module("pgwire")
 

@@ -107,6 +107,12 @@ class Connection(Stream):
     _PASSED = (PgError, Unsupported)
     _GOODBYE = b"X\0\0\0\4"  # Terminate
 
+    _backend_pid = 0
+
+    def get_backend_pid(self) -> int:
+        """The server process of this connection (what pg_terminate_backend takes), as psycopg2's."""
+        return self._backend_pid
+
     def _lost_error(self, why: str) -> PgError:
         return PgError(f"server closed the connection unexpectedly ({why})")
 
@@ -151,8 +157,11 @@ class Connection(Stream):
                 raise _server_error(body)
             if kind == b"Z":
                 return
+            if kind == b"K":  # BackendKeyData: the server process's id (and a cancel key, unused)
+                self._backend_pid = struct.unpack_from("!i", body)[0]
+                continue
             if kind != b"R":
-                continue  # BackendKeyData: only a cancel request would need it
+                continue
             code = struct.unpack_from("!i", body)[0]
             if code == _AUTH_OK:
                 if scram is not None and not scram.verified:
@@ -479,7 +488,9 @@ def connect(
         else:
             sock = connect_tcp(host_bytes(host), port, connect_timeout)
             try:
-                sock, tls = _tls(sock, connect_timeout)
+                # From the first answer on the read timeout holds, as mysqlwire waits for the greeting.
+                sock.settimeout(read_timeout)
+                sock, tls = _tls(sock, read_timeout)
             except BaseException:
                 sock.close()
                 raise
