@@ -7,6 +7,8 @@ run, so their ratios hold on a noisy machine. For each backend, action and burst
 
   burst     `fail2ban-client set dovecot banip` of N addresses in one call, until the firewall
             action has run for all N (for the floor too); --no-firewall: until all N rows exist
+  cpu       fail2ban-server's CPU seconds in that burst (its threads and the firewall's shells;
+            for the Python action until every row is written)
   rows late how long after the firewall action's last ban of the burst the last row came
   unban_db  all N rows set remove = 1, then `fail2ban_banned_db unban_db` (the cron command)
   ban       one `banip` until its row exists (median of --singles)
@@ -154,6 +156,7 @@ class Bench:
         )
         self.fail2ban.start()
         self.baseline = BaselineHelper(baseline, self.db, self.root) if baseline is not None else None
+        self.last_cpu = 0.0  # fail2ban-server's CPU seconds in the last burst (cpu())
 
     def close(self) -> None:
         try:
@@ -171,13 +174,23 @@ class Bench:
         except FileNotFoundError:
             return 0
 
+    def cpu(self) -> float:
+        """CPU seconds fail2ban-server has used so far: all its threads, and its children once
+        reaped (the firewall action's shells), as /proc counts them (utime, stime, cutime,
+        cstime). Work is work however busy the machine is: far steadier than the wall clock."""
+        assert self.fail2ban.pid is not None
+        fields = Path(f"/proc/{self.fail2ban.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def floor(self, ips: list[str]) -> float:
         """A burst through the jail with its firewall action alone, until that has run for all."""
         before = self.fired()
+        cpu = self.cpu()
         started = time.perf_counter()
         self.fail2ban.banip(*ips)
         wait_for(lambda: self.fired() - before >= len(ips), f"{len(ips)} firewall bans", timeout=1800, interval=0.01)
         took = time.perf_counter() - started
+        self.last_cpu = self.cpu() - cpu
         assert self.fail2ban.banned() == set(ips)
         self.fail2ban.unbanip(*ips)
         return took
@@ -191,6 +204,7 @@ class Bench:
         burst would spend, on the bench's side, CPU the floor's burst does not give up. Without
         it, the burst lasts until every row exists."""
         before = self.fired()
+        cpu = self.cpu()
         started = time.perf_counter()
         self.fail2ban.banip(*ips)
         if self.fail2ban.firewall:
@@ -198,6 +212,7 @@ class Bench:
             firewall_done = time.perf_counter()
         wait_for(lambda: self.db.count() >= len(ips), f"{len(ips)} rows", timeout=1800, interval=0.01)
         rows_done = time.perf_counter()
+        self.last_cpu = self.cpu() - cpu  # the rows written too: the writer's share is in it
         took, after = rows_done - started, None
         if self.fail2ban.firewall:
             took, after = firewall_done - started, rows_done - firewall_done
@@ -251,9 +266,11 @@ def measure_once(
             ips = addresses(size, offset=run * 100_000 % 60_000)
             if action == "none":
                 figures.setdefault(f"burst {size}", []).append(bench.floor(ips))
+                figures.setdefault(f"cpu {size}", []).append(bench.last_cpu)
                 continue
             took, after = bench.burst(ips)
             figures.setdefault(f"burst {size}", []).append(took)
+            figures.setdefault(f"cpu {size}", []).append(bench.last_cpu)
             if after is not None:
                 figures.setdefault(f"rows late {size}", []).append(after)
             figures.setdefault(f"unban_db {size}", []).append(bench.unban_db(size))
@@ -297,7 +314,7 @@ def measure(
 
 def _figure_order(name: str) -> tuple[int, int]:
     kind, size = name.split(" ", 1)[0], name.rsplit(" ", 1)[-1]
-    kinds = ["burst", "rows", "unban_db", "ban", "unban", "cli"]
+    kinds = ["burst", "cpu", "rows", "unban_db", "ban", "unban", "cli"]
     return (kinds.index(kind) if kind in kinds else len(kinds), int(size) if size.isdigit() else 0)
 
 
