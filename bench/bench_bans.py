@@ -299,11 +299,12 @@ def measure(
     firewall: bool,
     baseline: Path | None,
 ) -> dict[str, dict[str, float]]:
-    """Medians per action. The actions take turns within each run (python, floor, python, floor
-    ...), so a machine that gets slower or faster during the bench moves both sides of a ratio."""
+    """Medians per action. The actions take turns within each run, and which goes first turns
+    too (python, floor; floor, python; ...): a machine that gets slower or faster during the
+    bench moves both sides of a ratio, and neither side always follows the other's teardown."""
     figures: dict[str, dict[str, list[float]]] = {action: {} for action in actions}
     for run in range(runs):
-        for action in actions:
+        for action in actions if run % 2 == 0 else actions[::-1]:
             measure_once(backend, action, sizes[action], run, singles, firewall, baseline, figures[action])
         print(f"  {backend} {', '.join(actions)}: run {run + 1}/{runs} done", file=sys.stderr, flush=True)
     return {

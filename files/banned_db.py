@@ -199,29 +199,23 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         return events
 
     def ban(self, aInfo: Any) -> None:
+        # The jail's thread only takes the values and queues them; the checks run in the writer's.
+        # fail2ban forks the server for each firewall call, so every page of it this thread then
+        # writes to (Python's reference counts) costs a fault: the less it runs, the less it pays.
+        # The failures and log lines are the ticket's own. Not the merged <ipjailfailures> /
+        # <ipjailmatches>: fail2ban reads those from its own database, a query under its database
+        # lock per ban (past bans of the address are in banned_history).
+        values = (aInfo["ip"], aInfo["time"], aInfo["failures"], aInfo["matches"])
+        self._put(lambda: self._ban_event(*values))
+
+    def _ban_event(self, ip: Any, began: Any, failures: Any, matches: Any) -> Any:
+        """In the writer's thread: the event of a ban (the country is a lookup in a data file)."""
         checks = self._host["checks"]
-        try:
-            ip = checks.check_ip(str(aInfo["ip"]))
-            began = checks.check_time(str(aInfo["time"]))
-        except checks.InvalidValue as exc:
-            self._logSys.error("[%s] banned_db: %s", self._jail.name, exc)
-            return
-        settings, ports, protocol, jail = self._runner.settings, self._port, self._protocol, self._jail_name
-        events = self._host["events"]
-
-        # The failures and log lines that made this ban, as the ticket holds them. Not the
-        # merged <ipjailfailures>/<ipjailmatches>: fail2ban reads those from its own database,
-        # a query under its database lock per ban, which costs the jail's thread more than
-        # recording the row does (past bans of the address are in banned_history).
-        failures, matches = aInfo["failures"], aInfo["matches"]
-
-        def make() -> Any:  # in the writer's thread: the country is a lookup in a data file
-            loglines = checks.encode_loglines([str(matches)])
-            return events.ban_event(
-                settings, ip, ports, protocol, jail, checks.check_failures(str(failures)), loglines, began
-            )
-
-        self._put(make)
+        return self._host["events"].ban_event(
+            self._runner.settings, checks.check_ip(str(ip)), self._port, self._protocol, self._jail_name,
+            checks.check_failures(str(failures)), checks.encode_loglines([str(matches)]),
+            checks.check_time(str(began)),
+        )  # fmt: skip
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)

@@ -42,6 +42,13 @@ class Stream:
             raise self._lost(exc) from None
 
     def _recv(self, count: int) -> bytes:
+        buffer = self._fill(count)
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    def _fill(self, count: int) -> bytearray:
+        """The buffer, once it holds at least `count` bytes (read from the server as needed)."""
         buffer = self._buffer
         try:
             while len(buffer) < count:
@@ -51,9 +58,7 @@ class Stream:
                 buffer += chunk
         except OSError as exc:
             raise self._lost(exc) from None
-        data = bytes(buffer[:count])
-        del buffer[:count]
-        return data
+        return buffer
 
     def _lost(self, exc: BaseException | None) -> Exception:
         self.close()
