@@ -11,7 +11,8 @@ short_description: MySQL/MariaDB database for f2bsql, with its schema applied
 description:
   - Creates (or drops) a database with the given character set and collation, and runs an
     idempotent schema script in it (multi-statement, as the mysql client would).
-  - C(changed) is reported honestly by comparing a fingerprint of the catalog (tables,
+  - >-
+    C(changed) is reported honestly by comparing a fingerprint of the catalog (tables,
     columns, indexes) before and after the script. In check mode nothing is written to the
     server: the script's own conditions are evaluated (reads of information_schema) and the
     statements it would run are listed in the diff.

@@ -32,7 +32,7 @@ options:
   login_unix_socket: {description: Socket directory., type: path}
   login_host: {description: Admin TCP host., type: str}
   login_port: {description: Admin port., type: int, default: 5432}
-  login_user: {description: Admin role (default: the OS user)., type: str}
+  login_user: {description: "Admin role (default: the OS user).", type: str}
   login_password: {description: Admin password., type: str}
 attributes:
   check_mode: {support: full}

@@ -13,7 +13,8 @@ description:
     (I(overlay) in C(jail.d) is left out), with fail2ban's own reader run by the python of
     C(fail2ban-client); no server is needed and nothing changes, so the module never reports a
     change. The answer is the same before and after the overlay is in place.
-  - For each enabled jail it returns the port and protocol of its first action that is not
+  - >-
+    For each enabled jail it returns the port and protocol of its first action that is not
     I(exclude_action) (the command action C(banned_db) or the Python action C(banned_db.py):
     fail2ban names both C(banned_db)), and whether the jail's own configuration already names
     such an action, as iRedMail (since 1.2) and the how-to put one in every jail file. Such a

@@ -13,7 +13,8 @@ description:
     Debian's and Ubuntu's init scripts then refuse to start fail2ban ("Socket file ... is
     present"), and so would a restart by the role. systemd's unit starts the server with C(-x),
     which removes such a socket itself; this module makes every init system do the same.
-  - Reads the socket path from fail2ban's configuration (C(fail2ban.conf), C(fail2ban.d/*.conf),
+  - >-
+    Reads the socket path from fail2ban's configuration (C(fail2ban.conf), C(fail2ban.d/*.conf),
     C(fail2ban.local), C(fail2ban.d/*.local), in fail2ban's order) unless I(path) is given,
     then connects to it. A socket nobody listens on (connection refused) is removed; a socket
     a server answers on, or no socket at all, is left alone. A path that is not a socket is
