@@ -127,3 +127,20 @@ def test_unix_socket_connection(db: Database, host: Host) -> None:
     host.ban("192.0.2.40")
     assert [row["ip"] for row in db.banned()] == ["192.0.2.40"]
     assert host.spooled() == []
+
+
+def test_check_proves_the_login_or_gives_the_servers_answer(db: Database, host: Host) -> None:
+    # What the roles run on each fail2ban host before changing its jails (a fleet's mail host
+    # with a wrong password or no grant must fail the run, not spool every ban for ever).
+    host.ok("start", "--ports", DOVECOT_PORTS, "--protocol", "tcp", "dovecot")
+    done = host.run("check")
+    assert done.returncode == 0, done
+    assert f"as {db.user!r}; 1 jail(s) of {host.name} recorded" in done.stdout, done
+    host.write_config(client={"password": "not-the-password-at-all"})
+    refused = host.run("check")
+    assert refused.returncode == 1, refused
+    # The server's own answer (the tests' PostgreSQL cluster checks passwords: scram-sha-256).
+    answer = "Access denied" if db.backend == "mysql" else "password authentication failed"
+    assert answer in refused.stderr, refused
+    assert "not-the-password-at-all" not in refused.stdout + refused.stderr
+    assert db.jails(hostname=host.name), "check changed rows"

@@ -98,6 +98,20 @@ def _cmd_replay(runner: Runner, args: Args) -> int:
     raise DatabaseUnavailable(f"spooled events remain in {runner.spool.path}")
 
 
+def _cmd_check(runner: Runner, args: Args) -> int:
+    """Log in as every other command does and read this host's rows of `jails`: the address, the
+    password, the grant and the schema proven at once (the roles run it after an install). A
+    failure is the server's answer, and the exit code of a database that cannot be reached."""
+    settings = runner.settings
+    jails = runner.database().host_jails(settings.hostname)
+    where = settings.socket or f"{settings.host}:{settings.port}"
+    print(
+        f"{PROG}: logged in to {settings.backend} database {settings.database!r} at {where}"
+        f" as {settings.user!r}; {len(jails)} jail(s) of {settings.hostname} recorded"
+    )
+    return EXIT_OK
+
+
 class Args:
     """argv as read: what argparse's Namespace holds, made by quick_args without argparse."""
 
@@ -128,6 +142,7 @@ HANDLERS = {
     "unban_db": _cmd_unban_db,
     "sync": _cmd_sync,
     "replay": _cmd_replay,
+    "check": _cmd_check,
 }
 
 
@@ -192,6 +207,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     add("sync", "make this host's rows match fail2ban's live bans")
     add("replay", "only replay spooled events")
+    add("check", "log in and read this host's jails: prove the settings work")
     return parser
 
 
