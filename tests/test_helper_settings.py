@@ -63,3 +63,25 @@ def test_roots_general_files_come_last(helper_module: ModuleType, tmp_path: Path
 def test_nothing_found_is_a_config_error(helper_module: ModuleType) -> None:
     with pytest.raises(helper_module.ConfigError, match="no database settings found"):
         helper_module.load_settings(None, None)
+
+
+def test_the_shared_bans_keys_are_read_and_checked(helper_module: ModuleType, tmp_path: Path) -> None:
+    config = tmp_path / "f2bsql.ini"
+    write_private(config, mycnf("fail2ban") + "[f2bsql]\nfleet_jail = f2bsql-fleet\nfleet_from = dovecot, postfix\n")
+    settings = helper_module.load_settings(str(config), None)
+    assert (settings.fleet_jail, settings.fleet_from, settings.fleet_limit) == (
+        "f2bsql-fleet",
+        ("dovecot", "postfix"),
+        helper_module.DEFAULT_FLEET_LIMIT,
+    )
+    # Off unless named.
+    write_private(config, mycnf("fail2ban"))
+    assert helper_module.load_settings(str(config), None).fleet_jail == ""
+    for bad, message in (
+        ("fleet_jail = f2bsql fleet", "fleet_jail"),
+        ("fleet_from = dovecot,post;fix", "fleet_from"),
+        ("fleet_limit = 0", "fleet_limit must be a whole number"),
+    ):
+        write_private(config, mycnf("fail2ban") + f"[f2bsql]\n{bad}\n")
+        with pytest.raises(helper_module.ConfigError, match=message):
+            helper_module.load_settings(str(config), None)

@@ -768,21 +768,50 @@ action = {firewall}
 """
 
 
+#: The shared bans' jail, as the role names it (f2bsql_fail2ban_fleet_jail).
+FLEET_JAIL = "f2bsql-fleet"
+
+
+def render_fleet_jail(firewall: str) -> str:
+    """templates/f2bsql-fleet-jail.j2 as the role renders it into its overlay."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ACTION_TEMPLATE.parent)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 -- renders an INI file, not HTML
+    )
+    return env.get_template("f2bsql-fleet-jail.j2").render(
+        f2bsql_fail2ban_fleet_jail=FLEET_JAIL,
+        f2bsql_fail2ban_fleet_port="0:65535",
+        f2bsql_fail2ban_fleet_action=firewall,
+        f2bsql_fail2ban_fleet_bantime=86400,
+    )
+
+
 class Fail2ban:
     """A fail2ban-server of the test's own: config tree, socket, pidfile, dbfile and log file."""
 
     JAILS = ("dovecot", "postfix")
 
     def __init__(
-        self, root: Path, helper_config: Path, action: str = "command", firewall: bool = True, extra_jails: int = 0
+        self,
+        root: Path,
+        helper_config: Path,
+        action: str = "command",
+        firewall: bool = True,
+        extra_jails: int = 0,
+        fleet_ignoreip: str | None = None,
     ) -> None:
         """`action`: one of RECORD_ACTIONS; `firewall`: run the `dummy` action beside it, as a real
         jail runs its firewall action (a process per ban); `extra_jails`: more jails like postfix
-        (extra1, extra2, ...), each with its own log file."""
+        (extra1, extra2, ...), each with its own log file; `fleet_ignoreip`: the host's ignoreip,
+        and the shared bans' jail (FLEET_JAIL) beside the others."""
         assert action in RECORD_ACTIONS, action
         self.action = action
         self.firewall = firewall
+        self.fleet_ignoreip = fleet_ignoreip
         self.jails = (*self.JAILS, *(f"extra{n}" for n in range(1, extra_jails + 1)))
+        if fleet_ignoreip is not None:
+            self.jails += (FLEET_JAIL,)
         self.root = root
         self.conf = root / "conf"
         self.socket = root / "fail2ban.sock"
@@ -814,6 +843,7 @@ class Fail2ban:
         # fail2ban loads a Python action from its own action.d, as the role installs it.
         shutil.copy(PYTHON_ACTION, self.conf / "action.d" / "banned_db.py")
         (self.conf / "filter.d" / "f2bsql-test.conf").write_text(FILTER, encoding="utf-8")
+        record_jails = [jail for jail in self.jails if jail != FLEET_JAIL]
         sections = [
             JAIL_SECTION.format(
                 jail=jail,
@@ -824,10 +854,14 @@ class Fail2ban:
                     jail=jail, ports=DOVECOT_PORTS if jail == "dovecot" else POSTFIX_PORTS
                 ),
             )
-            for jail in self.jails
+            for jail in record_jails
         ]
-        (self.conf / "jail.conf").write_text(JAIL_DEFAULT + "".join(sections), encoding="utf-8")
-        for jail in self.jails:
+        default = JAIL_DEFAULT
+        if self.fleet_ignoreip is not None:
+            default += f"ignoreip = {self.fleet_ignoreip}\n"
+            sections.append(render_fleet_jail(f'dummy[target="{self.root / (FLEET_JAIL + ".dummy")}"]'))
+        (self.conf / "jail.conf").write_text(default + "".join(sections), encoding="utf-8")
+        for jail in record_jails:
             self._logfile(jail).touch()
 
     def _logfile(self, jail: str) -> Path:

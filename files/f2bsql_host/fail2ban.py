@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from typing import NamedTuple
@@ -140,3 +142,32 @@ def fail2ban_database_bans(settings: Settings, jail: str) -> dict[str, RecordedB
         except (ValueError, TypeError, AttributeError):
             bans[str(ip)] = RecordedBan(None, 0, "", until)
     return bans
+
+
+def fail2ban_ignored(settings: Settings, jail: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks the jail's ignoreip names (a host name as it resolves now), and this host's own
+    addresses while its ignoreself is on: `banip` bans even those, so the caller leaves them out."""
+    result = fail2ban_client(settings, "get", jail, "ignoreip")
+    if result.returncode != 0:
+        raise HelperError(f"fail2ban-client get {jail} ignoreip failed: {client_failed(result)}")
+    # "These IP addresses/networks are ignored:\n|- 127.0.0.0/8\n`- ::1"
+    names = [line.strip().lstrip("|`-").strip() for line in result.stdout.splitlines()[1:]]
+    self_result = fail2ban_client(settings, "get", jail, "ignoreself")
+    if self_result.returncode == 0 and self_result.stdout.strip() == "True":
+        names.append(socket.gethostname())
+    networks = []
+    for name in filter(None, names):
+        try:
+            networks.append(ipaddress.ip_network(name, strict=False))
+        except ValueError:
+            networks += _resolved(name)
+    return networks
+
+
+def _resolved(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        log(f"ignoreip: cannot resolve {name!r}; its addresses are not left out this run", error=True)
+        return []
+    return [ipaddress.ip_network(str(info[4][0]).split("%")[0]) for info in found]

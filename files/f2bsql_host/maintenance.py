@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import ipaddress
 import os
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from .fail2ban import (
     client_failed,
     fail2ban_client,
     fail2ban_database_bans,
+    fail2ban_ignored,
     fail2ban_live,
     fail2ban_recorded_bans,
 )
@@ -125,6 +127,8 @@ class Maintenance(Runner):
                 if lift:
                     failed, lifted = self._lift_removals(db, pending, state)
                 self._sync(db, rows, jails, live, lifted, state)
+                if lift and self.settings.fleet_jail:
+                    failed = not self._share(db, live) or failed
             if lift and self.settings.rdns:
                 self._fill_rdns(db)
             if lift and self.settings.history_days:
@@ -249,6 +253,39 @@ class Maintenance(Runner):
         if added:
             log(f"sync: added {added} row(s) for bans fail2ban holds without one (host {host})")
 
+    def _share(self, db: Database, live: dict[str, set[str]]) -> bool:
+        """Shared bans: the fleet jail holds what the fleet's other hosts ban, and nothing else.
+
+        An address another host bans (in the fleet_from jails, or any) is banned here, unless this
+        jail's ignoreip (or ignoreself) covers it, at most fleet_limit new ones a run, newest first;
+        one no other host bans any more (unbanned, expired, marked by a panel) is lifted. The jail
+        has no banned_db action: its bans make no rows, and so never travel back. False when
+        fail2ban refused a call (the run fails, and the next one tries again).
+        """
+        jail = self.settings.fleet_jail
+        if jail not in live:
+            log(f"shared bans: jail {jail!r} does not run here (fail2ban-client reload?): not applied", error=True)
+            return False
+        wanted = [ip for ip in db.fleet_bans(self.settings.hostname, jail, self.settings.fleet_from) if _valid_ip(ip)]
+        held = live[jail]
+        ignored = fail2ban_ignored(self.settings, jail)
+        allowed = [ip for ip in wanted if not _covered(ip, ignored)]
+        lift = sorted(held - set(allowed))
+        new = [ip for ip in allowed if ip not in held]
+        if len(new) > self.settings.fleet_limit:
+            log(f"shared bans: {len(new)} new, {self.settings.fleet_limit} applied this run (fleet_limit)")
+            new = new[: self.settings.fleet_limit]
+        ok = True
+        for command, addresses in (("unbanip", lift), ("banip", new)):
+            for chunk in chunks(addresses):
+                result = fail2ban_client(self.settings, "set", jail, command, *chunk)
+                if result.returncode != 0:
+                    log(f"fail2ban-client set {jail} {command} failed: {client_failed(result)}", error=True)
+                    ok = False
+        if lift or new:
+            log(f"shared bans: {len(new)} banned, {len(lift)} lifted in jail {jail}")
+        return ok
+
     def _insert(self, db: Database, rows: list[BanRow]) -> int:
         """Insert rows sync found missing, a statement per batch (after a crash of fail2ban-server a
         whole burst may be missing); a batch the server refuses goes row by row, so that only the
@@ -322,6 +359,12 @@ def _epoch_or_none(value: float | None) -> float | None:
         return check_time(str(value))
     except InvalidValue:
         return None
+
+
+def _covered(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether an address (or network) falls in one of these."""
+    found = ipaddress.ip_network(ip, strict=False)
+    return any(found.version == net.version and found.subnet_of(net) for net in networks)  # type: ignore[arg-type]
 
 
 def _valid_ip(value: str) -> bool:

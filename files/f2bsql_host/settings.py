@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from _socket import gethostname  # socket.py's enums cost a `ban` process more than its statement
 
-from .checks import check_hostname
+from .checks import InvalidValue, check_hostname, check_jail
 from .report import ConfigError
 
 TYPE_CHECKING = False  # typing stays unimported at run time (see __init__)
@@ -31,6 +31,8 @@ DEFAULT_TIMEOUT = 5
 DEFAULT_REPLAY_BUDGET = 10
 DEFAULT_HISTORY_DAYS = 90
 DEFAULT_METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
+# Shared bans: at most this many new addresses banned in the fleet jail per cron run.
+DEFAULT_FLEET_LIMIT = 1000
 
 
 class Settings:
@@ -61,6 +63,11 @@ class Settings:
         self.history_days = DEFAULT_HISTORY_DAYS
         # Where the cron run writes its metrics for node_exporter's textfile collector ('' = nowhere).
         self.metrics_dir = DEFAULT_METRICS_DIR
+        # Shared bans (docs/helper.md, "Shared bans"): the jail that holds the other hosts' bans
+        # ('' = off), the jails whose bans travel (empty: all) and the new bans a run applies.
+        self.fleet_jail = ""
+        self.fleet_from: tuple[str, ...] = ()
+        self.fleet_limit = DEFAULT_FLEET_LIMIT
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in vars(self).items() if name != "password")
@@ -171,6 +178,7 @@ def settings_from_ini(path: str) -> Settings:
         if not history_days.isdigit():
             raise ConfigError(f"{path}: history_days must be a whole number of days (0: for ever)")
         settings.history_days = int(history_days)
+    _read_fleet(sections, settings, path)
     for key in ("timeout", "rdns_budget", "replay_budget"):
         value = _ini_value(sections, "f2bsql", key)
         if value:
@@ -198,6 +206,22 @@ def settings_from_ini(path: str) -> Settings:
             if entry:
                 settings.password = entry[4]
     return settings
+
+
+def _read_fleet(sections: Sections, settings: Settings, path: str) -> None:
+    """The shared bans' keys: fleet_jail, fleet_from (jail names, comma-separated), fleet_limit."""
+    jail = _ini_value(sections, "f2bsql", "fleet_jail")
+    try:
+        settings.fleet_jail = check_jail(jail) if jail else ""
+        names = (_ini_value(sections, "f2bsql", "fleet_from") or "").split(",")
+        settings.fleet_from = tuple(check_jail(name.strip()) for name in names if name.strip())
+    except InvalidValue as exc:
+        raise ConfigError(f"{path}: fleet_jail, fleet_from: {exc}") from None
+    limit = _ini_value(sections, "f2bsql", "fleet_limit")
+    if limit:
+        if not limit.isdigit() or int(limit) < 1:
+            raise ConfigError(f"{path}: fleet_limit must be a whole number of addresses (at least 1)")
+        settings.fleet_limit = int(limit)
 
 
 def _split_pgpass_line(line: str) -> list[str]:

@@ -1,0 +1,97 @@
+"""Shared bans: what one host of a fleet bans, the others ban too, in a jail of their own.
+
+Two hosts on one database, each with its own fail2ban-server that runs the shared bans' jail
+(templates/f2bsql-fleet-jail.j2, as the role renders it) beside its recording jails, and a
+settings file that names it (fleet_jail). Each host's cron run (`unban_db`) makes its fleet jail
+hold exactly the addresses the other hosts ban, within its ignoreip; no row is ever made for the
+fleet jail, so nothing travels back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from testbed import FLEET_JAIL, Database, Fail2ban, Host, wait_for
+
+IGNORED = "127.0.0.0/8 ::1 198.51.100.0/24"
+
+
+def _fleet_hosts(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban], **settings: str
+) -> tuple[tuple[Host, Fail2ban], tuple[Host, Fail2ban]]:
+    pair = []
+    for name, action in (("mail-a.example.test", "command"), ("mail-b.example.test", "python")):
+        host = make_host(db, name)
+        host.write_config(fleet_jail=FLEET_JAIL, **settings)
+        pair.append((host, start_fail2ban(host, action=action, fleet_ignoreip=IGNORED)))
+    return pair[0], pair[1]
+
+
+def _rows(db: Database, host: Host) -> set[tuple[str, str]]:
+    return {(row["jail"], row["ip"]) for row in db.banned(hostname=host.name)}
+
+
+def test_a_ban_travels_to_the_other_host_and_is_lifted_with_its_origin(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    (a, fail2ban_a), (b, fail2ban_b) = _fleet_hosts(db, make_host, start_fail2ban)
+    fail2ban_a.banip("192.0.2.10", "198.51.100.5", "2001:db8::10")
+    fail2ban_a.banip("192.0.2.11", jail="postfix")
+    fail2ban_b.banip("192.0.2.20")
+    wanted_a = {("dovecot", "192.0.2.10"), ("dovecot", "198.51.100.5"), ("dovecot", "2001:db8::10")}
+    wanted_a.add(("postfix", "192.0.2.11"))
+    wait_for(lambda: _rows(db, a) == wanted_a and _rows(db, b) == {("dovecot", "192.0.2.20")}, "both hosts' rows")
+
+    b.ok("unban_db")
+    a.ok("unban_db")
+    # Every jail's bans travel; 198.51.100.5 is in the receiving host's ignoreip.
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.10", "192.0.2.11", "2001:db8::10"}
+    assert fail2ban_a.banned(FLEET_JAIL) == {"192.0.2.20"}
+    # No echo: the fleet jail has no banned_db, so its bans are nobody's rows.
+    assert _rows(db, a) == wanted_a
+    assert _rows(db, b) == {("dovecot", "192.0.2.20")}
+    a.ok("unban_db")
+    b.ok("unban_db")
+    assert fail2ban_a.banned(FLEET_JAIL) == {"192.0.2.20"}
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.10", "192.0.2.11", "2001:db8::10"}
+
+    # The origin lifts its ban: its row goes, and the next run of the other host lifts its copy.
+    fail2ban_a.unbanip("192.0.2.10")
+    wait_for(lambda: ("dovecot", "192.0.2.10") not in _rows(db, a), "A's row of 192.0.2.10 to go")
+    # A panel's removal: the address no longer counts for the fleet from the moment it is marked.
+    db.execute("UPDATE banned SET remove = 1 WHERE ip IN ('192.0.2.11')")
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"2001:db8::10"}
+    a.ok("unban_db")
+    assert fail2ban_a.banned("postfix") == set()
+    assert _rows(db, a) == {("dovecot", "198.51.100.5"), ("dovecot", "2001:db8::10")}
+    # B's own dovecot ban never left its jail, and the fleet jail kept only what A still bans.
+    assert fail2ban_b.banned("dovecot") == {"192.0.2.20"}
+
+
+def test_only_the_chosen_jails_travel_and_a_run_applies_at_most_the_limit(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    (a, fail2ban_a), (b, fail2ban_b) = _fleet_hosts(
+        db, make_host, start_fail2ban, fleet_from="dovecot", fleet_limit="2"
+    )
+    fail2ban_a.banip("192.0.2.31", "192.0.2.32", "192.0.2.33")
+    fail2ban_a.banip("192.0.2.40", jail="postfix")
+    wait_for(lambda: len(_rows(db, a)) == 4, "A's four rows")
+
+    b.ok("unban_db")
+    assert len(fail2ban_b.banned(FLEET_JAIL)) == 2
+    b.ok("unban_db")
+    # The postfix ban is not one of the chosen jails' (fleet_from = dovecot).
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.31", "192.0.2.32", "192.0.2.33"}
+
+
+def test_a_fleet_jail_that_does_not_run_fails_the_run_and_says_so(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    host = make_host(db, "mail-a.example.test")
+    host.write_config(fleet_jail=FLEET_JAIL)
+    start_fail2ban(host)  # no fleet jail configured: a reload that dropped it, a typo
+    run = host.run("unban_db")
+    assert run.returncode != 0
+    assert f"jail {FLEET_JAIL!r} does not run here" in run.stderr
