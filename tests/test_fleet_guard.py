@@ -89,3 +89,37 @@ def test_with_the_password_given_the_guard_lets_the_run_on(tmp_path: Path) -> No
     everyone = tmp_path / "one-host.ini"
     everyone.write_text(f"[f2bsql_database]\n{LOCAL}\n\n[f2bsql_fail2ban]\n{LOCAL}\n", encoding="utf-8")
     assert play("-i", str(everyone), str(guard)).returncode == 0
+
+
+def test_a_run_that_would_make_up_a_password_for_a_fleet_with_hosts_left_out_stops(tmp_path: Path) -> None:
+    """`--limit db1,mail3` to add mail3, no password given, and no host of the run holds it: a new
+    one would not be the existing user's. The guard after the credential files were read stops
+    it; a host of the run that holds it, the password given, or the whole fleet in the run pass."""
+    hosts = tmp_path / "fleet.ini"
+    hosts.write_text(
+        f"[f2bsql_database]\n{LOCAL}\n\n[f2bsql_fail2ban]\n{LOCAL}\nmail1.example.test ansible_host=127.0.0.1\n",
+        encoding="utf-8",
+    )
+    guard = tmp_path / "guard.yml"
+    guard.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.import_tasks: {REPO / 'playbooks' / 'tasks' / 'fleet_password_guard.yml'}\n"
+        "    - ansible.builtin.debug:\n        msg: past the guard\n",
+        encoding="utf-8",
+    )
+    none_found = ("-e", '{"f2bsql_fail2ban_found_password": ""}')
+    stopped = play("-i", str(hosts), str(guard), "--limit", "localhost", *none_found)
+    assert stopped.returncode == 2, stopped.stdout[-3000:]
+    assert "no host of this run holds the fleet's database password" in stopped.stdout
+    assert "mail1.example.test (left out by --limit, or unreachable)" in stopped.stdout
+    assert "past the guard" not in stopped.stdout
+    found = play("-i", str(hosts), str(guard), "--limit", "localhost", "-e", '{"f2bsql_fail2ban_found_password": "x"}')
+    assert found.returncode == 0 and "past the guard" in found.stdout, found.stdout[-3000:]
+    extra = tmp_path / "vault.yml"
+    extra.write_text("f2bsql_database_password: the-fleets-password-42\n", encoding="utf-8")
+    extra.chmod(0o600)
+    given = play("-i", str(hosts), str(guard), "--limit", "localhost", *none_found, "-e", f"@{extra}")
+    assert given.returncode == 0 and "past the guard" in given.stdout, given.stdout[-3000:]
+    # The whole fleet in the run (both hosts run locally here): a new fleet gets a new password.
+    whole = play("-i", str(hosts), str(guard), *none_found, "-e", "ansible_connection=local")
+    assert whole.returncode == 0 and "past the guard" in whole.stdout, whole.stdout[-3000:]
