@@ -21,7 +21,14 @@ from testbed import ansible_failures, run_whole
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-LINTED = ["roles", "playbooks", "molecule/default", "molecule/postgresql", "molecule/resources"]
+LINTED = [
+    "roles",
+    "playbooks",
+    "molecule/default",
+    "molecule/postgresql",
+    "molecule/fleet",
+    "molecule/resources",
+]
 
 
 def _run(args: list[str], timeout: int, **extra_env: str) -> None:

@@ -75,8 +75,8 @@ def images() -> dict[str, float]:
     return timings
 
 
-def platforms() -> list[str]:
-    config = yaml.safe_load((SCENARIO / "molecule.yml").read_text())
+def platforms(scenario: str = "fresh") -> list[str]:
+    config = yaml.safe_load((REPO / "molecule" / scenario / "molecule.yml").read_text())
     return [platform["name"] for platform in config["platforms"]]
 
 
@@ -95,19 +95,19 @@ def test_scenario_covers_both_releases_and_backends() -> None:
     } == {"mariadb", "postgresql"}
 
 
-@pytest.mark.slow
-def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
-    """`molecule test -s fresh` passes on every platform: check, converge, idempotence, verify."""
+def run_scenario(scenario: str, tmp_path: Path, **extra_env: str) -> tuple[str, float]:
+    """`molecule test -s <scenario>`, asserted to pass: check, converge, idempotence and verify,
+    each host in every play recap. Returns the log and the seconds it took."""
     env = dict(os.environ)
     # molecule calls ansible-playbook and ansible-config by name: this venv's, not another.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+    env.update(NO_COLOR="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", **extra_env)
     log = tmp_path / "molecule.log"
     started = time.monotonic()
     with log.open("w") as out:
         try:
             proc = subprocess.run(
-                ["molecule", "test", "-s", "fresh"],
+                ["molecule", "test", "-s", scenario],
                 cwd=REPO,
                 env=env,
                 stdout=out,
@@ -116,15 +116,31 @@ def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
                 timeout=MOLECULE_TIMEOUT,
             )
         except subprocess.TimeoutExpired:
-            subprocess.run(["molecule", "destroy", "-s", "fresh"], cwd=REPO, env=env, capture_output=True, check=False)
-            pytest.fail(f"molecule test -s fresh took over {MOLECULE_TIMEOUT} s; log: {log}")
+            subprocess.run(["molecule", "destroy", "-s", scenario], cwd=REPO, env=env, capture_output=True, check=False)
+            pytest.fail(f"molecule test -s {scenario} took over {MOLECULE_TIMEOUT} s; log: {log}")
     elapsed = time.monotonic() - started
     output = log.read_text(errors="replace")
-    print(f"images: {images}; molecule test -s fresh: {elapsed:.0f} s{' (CI)' if IN_CI else ''}")
-    assert proc.returncode == 0, f"molecule test -s fresh failed ({proc.returncode}):\n{ansible_failures(output)}"
+    assert proc.returncode == 0, f"molecule test -s {scenario} failed ({proc.returncode}):\n{ansible_failures(output)}"
     # Every platform reached the verify step, and the idempotence step found nothing to change.
     recaps = re.findall(r"^\W*(f2bsql-\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", output, re.M)
-    for name in platforms():
+    for name in platforms(scenario):
         assert sum(1 for host, _ in recaps if host == name) >= 4, f"{name} missing from a play recap"
     for step in ("check", "idempotence", "verify"):
         assert re.search(rf"{step}.*Executed: Successful", output), f"no successful {step} step:\n{output[-5000:]}"
+    return output, elapsed
+
+
+@pytest.mark.slow
+def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
+    """`molecule test -s fresh` passes on every platform: check, converge, idempotence, verify."""
+    _, elapsed = run_scenario("fresh", tmp_path)
+    print(f"images: {images}; molecule test -s fresh: {elapsed:.0f} s{' (CI)' if IN_CI else ''}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["mysql", "pgsql"])
+def test_molecule_fleet(images: dict[str, float], tmp_path: Path, backend: str) -> None:
+    """`molecule test -s fleet`: a database server and two mail hosts on one podman network,
+    converged by site.yml; molecule/fleet/verify.yml proves the fleet's promise (its header)."""
+    _, elapsed = run_scenario("fleet", tmp_path, F2BSQL_FLEET_BACKEND=backend)
+    print(f"molecule test -s fleet ({backend}): {elapsed:.0f} s{' (CI)' if IN_CI else ''}")

@@ -1,0 +1,103 @@
+"""The Ansible collection f2bsql.fail2ban_sql: built from this tree (scripts/build-collection,
+offline), installed, and used by its FQCN from a playbook outside the repository.
+
+The roles, playbooks, templates and files in it are the ones the wheel and f2bsql-install use
+(one copy); plugins/modules links the roles' modules so that ansible-doc documents them. The
+fleet scenario (molecule/fleet) converges its hosts through the installed collection.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+from testbed import REPO
+
+BIN = Path(sys.executable).parent
+GALAXY = yaml.safe_load((REPO / "collection" / "galaxy.yml").read_text())
+FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
+MODULES = sorted(path.stem for path in REPO.glob("roles/*/library/*.py"))
+
+
+def run(*argv: str | Path, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(arg) for arg in argv],
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the tarball, the collections path it is installed in)."""
+    root = tmp_path_factory.mktemp("collection")
+    run(REPO / "scripts" / "build-collection", root / "dist")
+    (tarball,) = (root / "dist").glob("*.tar.gz")
+    run(BIN / "ansible-galaxy", "collection", "install", "--force", "-p", root / "collections", tarball)
+    return tarball, root / "collections"
+
+
+def test_the_version_is_the_packages() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert GALAXY["version"] == project["version"]
+
+
+def test_it_holds_the_trees_roles_playbooks_templates_and_files_and_nothing_of_the_repos_own(
+    installed: tuple[Path, Path],
+) -> None:
+    tarball, _ = installed
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+    for tree in ("roles", "playbooks", "templates", "files"):
+        expected = {
+            str(path.relative_to(REPO))
+            for path in (REPO / tree).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        }
+        assert expected <= names, sorted(expected - names)
+    assert not {name for name in names if name.split("/")[0] in ("tests", "molecule", "bench", "installer", ".ci")}
+    assert not {name for name in names if "__pycache__" in name}
+    # Every module of the roles, and nothing else, linked for ansible-doc.
+    assert sorted(Path(name).stem for name in names if name.startswith("plugins/modules/")) == MODULES
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ansible_doc_documents_each_module(installed: tuple[Path, Path], module: str) -> None:
+    _, collections = installed
+    shown = run(BIN / "ansible-doc", f"{FQCN}.{module}", ANSIBLE_COLLECTIONS_PATH=str(collections)).stdout
+    assert f"{FQCN}.{module}" in shown
+    assert "OPTIONS" in shown and "EXAMPLES" in shown
+
+
+def test_a_playbook_outside_the_repository_uses_its_roles_and_playbooks_by_fqcn(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, collections = installed
+    (tmp_path / "fleet.yml").write_text(
+        f"- name: The whole job\n  ansible.builtin.import_playbook: {FQCN}.site\n"
+        f"- name: Undo\n  ansible.builtin.import_playbook: {FQCN}.uninstall\n"
+        "- name: A play of the operator's own\n  hosts: f2bsql_database\n  roles:\n"
+        f"    - role: {FQCN}.f2bsql_database\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "inventory").write_text("[f2bsql_database]\ndb1 ansible_connection=local\n", encoding="utf-8")
+    listed = run(
+        BIN / "ansible-playbook", "-i", "inventory", "fleet.yml", "--list-tasks",
+        cwd=tmp_path, ANSIBLE_COLLECTIONS_PATH=str(collections),
+    ).stdout  # fmt: skip
+    # The playbooks' roles, by their paths inside the installed collection (the playbook is
+    # outside this checkout), and the operator's role by its FQCN.
+    assert "../roles/f2bsql_fail2ban : Log in with them" in listed
+    assert f"{FQCN}.f2bsql_database : Validating arguments against arg spec 'main'" in listed
