@@ -95,3 +95,21 @@ def test_a_fleet_jail_that_does_not_run_fails_the_run_and_says_so(
     run = host.run("unban_db")
     assert run.returncode != 0
     assert f"jail {FLEET_JAIL!r} does not run here" in run.stderr
+
+
+def test_rows_are_read_in_fail2bans_form_and_a_network_over_an_ignored_address_stays_out(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    (a, _fail2ban_a), (b, fail2ban_b) = _fleet_hosts(db, make_host, start_fail2ban)
+    # Rows as another tool may write them: a /32, upper-case IPv6, and a network that holds an
+    # address of B's ignoreip (198.51.100.0/24).
+    for ip in ("192.0.2.77/32", "2001:DB8::77", "198.51.0.0/16", "203.0.113.0/24"):
+        db.insert_banned(ip=ip, ports="25", protocol="tcp", jail="dovecot", hostname=a.name)
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.77", "2001:db8::77", "203.0.113.0/24"}
+    # Nothing is lifted and set again from one run to the next: one Ban each in fail2ban's log.
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.77", "2001:db8::77", "203.0.113.0/24"}
+    log = fail2ban_b.server_log.read_text(encoding="utf-8")
+    assert [log.count(f"[{FLEET_JAIL}] Ban {ip}\n") for ip in ("192.0.2.77", "2001:db8::77")] == [1, 1]
+    assert f"[{FLEET_JAIL}] Unban" not in log

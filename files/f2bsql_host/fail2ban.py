@@ -144,9 +144,10 @@ def fail2ban_database_bans(settings: Settings, jail: str) -> dict[str, RecordedB
     return bans
 
 
-def fail2ban_ignored(settings: Settings, jail: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def fail2ban_ignored(settings: Settings, jail: str) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], bool]:
     """The networks the jail's ignoreip names (a host name as it resolves now), and this host's own
-    addresses while its ignoreself is on: `banip` bans even those, so the caller leaves them out."""
+    addresses while its ignoreself is on: `banip` bans even those, so the caller leaves them out.
+    The flag is False when a name did not resolve (the list then misses its addresses)."""
     result = fail2ban_client(settings, "get", jail, "ignoreip")
     if result.returncode != 0:
         raise HelperError(f"fail2ban-client get {jail} ignoreip failed: {client_failed(result)}")
@@ -155,19 +156,17 @@ def fail2ban_ignored(settings: Settings, jail: str) -> list[ipaddress.IPv4Networ
     self_result = fail2ban_client(settings, "get", jail, "ignoreself")
     if self_result.returncode == 0 and self_result.stdout.strip() == "True":
         names.append(socket.gethostname())
-    networks = []
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    complete = True
     for name in filter(None, names):
         try:
             networks.append(ipaddress.ip_network(name, strict=False))
         except ValueError:
-            networks += _resolved(name)
-    return networks
-
-
-def _resolved(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    try:
-        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        log(f"ignoreip: cannot resolve {name!r}; its addresses are not left out this run", error=True)
-        return []
-    return [ipaddress.ip_network(str(info[4][0]).split("%")[0]) for info in found]
+            try:
+                found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+            except (OSError, UnicodeError):
+                log(f"ignoreip of jail {jail}: cannot resolve {name!r}", error=True)
+                complete = False
+                continue
+            networks += [ipaddress.ip_network(str(info[4][0]).split("%")[0]) for info in found]
+    return networks, complete

@@ -266,12 +266,21 @@ class Maintenance(Runner):
         if jail not in live:
             log(f"shared bans: jail {jail!r} does not run here (fail2ban-client reload?): not applied", error=True)
             return False
-        wanted = [ip for ip in db.fleet_bans(self.settings.hostname, jail, self.settings.fleet_from) if _valid_ip(ip)]
+        try:
+            found = db.fleet_bans(self.settings.hostname, jail, self.settings.fleet_from)
+            ignored, complete = fail2ban_ignored(self.settings, jail)
+        except HelperError as exc:  # the rest of the cron run goes on
+            log(f"shared bans: not applied this run: {exc}", error=True)
+            return False
+        # fail2ban's form of each address (a row may hold 2001:DB8::1 or 192.0.2.5/32), once.
+        wanted = list(dict.fromkeys(check_ip(ip) for ip in found if _valid_ip(ip)))
         held = live[jail]
-        ignored = fail2ban_ignored(self.settings, jail)
         allowed = [ip for ip in wanted if not _covered(ip, ignored)]
         lift = sorted(held - set(allowed))
         new = [ip for ip in allowed if ip not in held]
+        if not complete and new:
+            log(f"shared bans: an ignoreip name of jail {jail} did not resolve: no new bans this run", error=True)
+            new = []
         if len(new) > self.settings.fleet_limit:
             log(f"shared bans: {len(new)} new, {self.settings.fleet_limit} applied this run (fleet_limit)")
             new = new[: self.settings.fleet_limit]
@@ -362,9 +371,10 @@ def _epoch_or_none(value: float | None) -> float | None:
 
 
 def _covered(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    """Whether an address (or network) falls in one of these."""
+    """Whether an address (or network) meets one of these: a network ban that holds an ignored
+    address is left out too."""
     found = ipaddress.ip_network(ip, strict=False)
-    return any(found.version == net.version and found.subnet_of(net) for net in networks)  # type: ignore[arg-type]
+    return any(found.version == net.version and found.overlaps(net) for net in networks)
 
 
 def _valid_ip(value: str) -> bool:
