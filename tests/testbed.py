@@ -716,19 +716,28 @@ def _comment(text: str) -> str:
     return "\n".join(f"# {line}" if line else "#" for line in text.splitlines())
 
 
-def render_action(helper: Path = HELPER) -> str:
-    """templates/banned_db.conf.j2 rendered as the role renders it, pointing at the helper under test."""
+def _templates() -> jinja2.Environment:
+    """templates/ as the roles' template module reads it: strict, the filters they use."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(ACTION_TEMPLATE.parent)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 -- renders an INI file, not HTML
+        autoescape=False,  # noqa: S701 -- renders INI files, not HTML
     )
     env.filters["comment"] = _comment
     env.globals["ansible_managed"] = "Rendered by the f2bsql test bed"
-    return env.get_template(ACTION_TEMPLATE.name).render(
-        f2bsql_fail2ban_python=SYSTEM_PYTHON,
-        f2bsql_fail2ban_helper_path=str(helper),
+    return env
+
+
+def render_action(helper: Path = HELPER) -> str:
+    """templates/banned_db.conf.j2 rendered as the role renders it, pointing at the helper under test."""
+    return (
+        _templates()
+        .get_template(ACTION_TEMPLATE.name)
+        .render(
+            f2bsql_fail2ban_python=SYSTEM_PYTHON,
+            f2bsql_fail2ban_helper_path=str(helper),
+        )
     )
 
 
@@ -774,16 +783,15 @@ FLEET_JAIL = "f2bsql-fleet"
 
 def render_fleet_jail(firewall: str) -> str:
     """templates/f2bsql-fleet-jail.j2 as the role renders it into its overlay."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ACTION_TEMPLATE.parent)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 -- renders an INI file, not HTML
-    )
-    return env.get_template("f2bsql-fleet-jail.j2").render(
-        f2bsql_fail2ban_fleet_jail=FLEET_JAIL,
-        f2bsql_fail2ban_fleet_port="0:65535",
-        f2bsql_fail2ban_fleet_action=firewall,
-        f2bsql_fail2ban_fleet_bantime=86400,
+    return (
+        _templates()
+        .get_template("f2bsql-fleet-jail.j2")
+        .render(
+            f2bsql_fail2ban_fleet_jail=FLEET_JAIL,
+            f2bsql_fail2ban_fleet_port="0:65535",
+            f2bsql_fail2ban_fleet_action=firewall,
+            f2bsql_fail2ban_fleet_bantime=86400,
+        )
     )
 
 
