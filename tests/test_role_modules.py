@@ -4,6 +4,10 @@ f2bsql_fail2ban_socket against a real fail2ban-server: a server that answers kee
 server killed as a crash would kill it leaves one, which the module removes (and only reports
 in check mode); what is not a socket is never removed. The restart through Debian's init script
 that this makes possible is checked on the machine by test_security_install.py.
+
+f2bsql_files, which installs the host package in one call: new and changed files written with
+their mode, the same files left alone, check mode writing nothing, a file the package no longer
+has removed (only regular files), and names that are not plain file names refused.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from testbed import BASE_ENV, REPO, Fail2ban, Host, wait_for
 
 SOCKET_MODULE = REPO / "roles" / "f2bsql_fail2ban" / "library" / "f2bsql_fail2ban_socket.py"
+FILES_MODULE = REPO / "roles" / "f2bsql_fail2ban" / "library" / "f2bsql_files.py"
 
 
 def run_module(module: Path, tmp_path: Path, check_mode: bool = False, **args: Any) -> dict[str, Any]:
@@ -110,3 +115,49 @@ def test_a_file_that_is_not_a_socket_is_never_removed(tmp_path: Path) -> None:
     assert result["failed"] is True
     assert result["msg"] == f"{path} is fail2ban's socket path but not a socket: move it away, then run again"
     assert path.read_text() == "someone's data\n"
+
+
+def test_files_written_in_one_call_and_a_dropped_one_removed(tmp_path: Path) -> None:
+    dest = tmp_path / "f2bsql_host"
+    (dest / "__pycache__").mkdir(parents=True)
+    (dest / "old.py").write_text("# a module the new version dropped\n")
+    (dest / "same.py").write_text("same = 1\n")
+    (dest / "same.py").chmod(0o600)
+    (tmp_path / "elsewhere.py").write_text("x = 1\n")
+    (dest / "link.py").symlink_to(tmp_path / "elsewhere.py")
+    files = {"same.py": "same = 1\n", "new.py": "new = 'é'\n"}
+    args = {"dest": str(dest), "files": files, "mode": "0644", "exclusive": True}
+
+    checked = run_module(FILES_MODULE, tmp_path, check_mode=True, **args)
+    assert (checked["changed"], checked["written"], checked["removed"]) == (True, ["new.py"], ["old.py"])
+    assert sorted(path.name for path in dest.iterdir()) == ["__pycache__", "link.py", "old.py", "same.py"]
+    assert (dest / "same.py").stat().st_mode & 0o777 == 0o600, "check mode changed a mode"
+
+    done = run_module(FILES_MODULE, tmp_path, **args)
+    assert (done["changed"], done["written"], done["removed"]) == (True, ["new.py"], ["old.py"])
+    assert sorted(path.name for path in dest.iterdir()) == ["__pycache__", "link.py", "new.py", "same.py"]
+    assert (dest / "new.py").read_text(encoding="utf-8") == "new = 'é'\n"
+    assert {(dest / name).stat().st_mode & 0o777 for name in files} == {0o644}
+    assert (tmp_path / "elsewhere.py").read_text() == "x = 1\n"
+
+    again = run_module(FILES_MODULE, tmp_path, **args)
+    assert (again["changed"], again["written"], again["removed"]) == (False, [], [])
+    (dest / "same.py").write_text("same = 2\n")
+    mended = run_module(FILES_MODULE, tmp_path, **{**args, "exclusive": False})
+    assert (mended["changed"], mended["written"]) == (True, ["same.py"])
+    assert (dest / "same.py").read_text() == "same = 1\n"
+
+
+def test_files_in_check_mode_before_their_directory_exists(tmp_path: Path) -> None:
+    args = {"dest": str(tmp_path / "still-to-make"), "files": {"a.py": "a = 1\n"}, "exclusive": True}
+    checked = run_module(FILES_MODULE, tmp_path, check_mode=True, **args)
+    assert (checked["changed"], checked["written"], checked["removed"]) == (True, ["a.py"], [])
+    missing = run_module(FILES_MODULE, tmp_path, **args)
+    assert missing["failed"] is True and missing["msg"] == f"{tmp_path / 'still-to-make'} is not a directory"
+
+
+def test_files_refuses_what_is_not_a_plain_file_name(tmp_path: Path) -> None:
+    for name in ("../escape.py", "sub/x.py", "..", ""):
+        result = run_module(FILES_MODULE, tmp_path, dest=str(tmp_path), files={name: "x\n"})
+        assert result["failed"] is True and "is not a plain file name" in result["msg"], result
+    assert not (tmp_path.parent / "escape.py").exists()

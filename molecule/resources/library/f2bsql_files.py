@@ -1,0 +1,1 @@
+../../../roles/f2bsql_fail2ban/library/f2bsql_files.py
