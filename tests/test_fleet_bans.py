@@ -9,6 +9,7 @@ fleet jail, so nothing travels back.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 
 from testbed import FLEET_JAIL, Database, Fail2ban, Host, wait_for
@@ -113,3 +114,48 @@ def test_rows_are_read_in_fail2bans_form_and_a_network_over_an_ignored_address_s
     log = fail2ban_b.server_log.read_text(encoding="utf-8")
     assert [log.count(f"[{FLEET_JAIL}] Ban {ip}\n") for ip in ("192.0.2.77", "2001:db8::77")] == [1, 1]
     assert f"[{FLEET_JAIL}] Unban" not in log
+
+
+def test_a_retired_hosts_old_rows_stop_travelling(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    """A host retired without its uninstall leaves rows nobody lifts: bans older than
+    fleet_max_age do not travel, and one held here is lifted when it ages out; 0 is no limit."""
+    (_a, _fail2ban_a), (b, fail2ban_b) = _fleet_hosts(db, make_host, start_fail2ban, fleet_max_age="86400")
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+    for ip, age in (("192.0.2.81", datetime.timedelta(days=8)), ("192.0.2.82", datetime.timedelta(minutes=5))):
+        db.insert_banned(
+            ip=ip, ports="25", protocol="tcp", jail="dovecot", hostname="retired.example.test", timestamp=now - age
+        )
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.82"}
+
+    b.write_config(fleet_jail=FLEET_JAIL, fleet_max_age="0")
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.81", "192.0.2.82"}
+
+    b.write_config(fleet_jail=FLEET_JAIL, fleet_max_age="86400")
+    db.execute("UPDATE banned SET timestamp = %s WHERE ip = %s", (now - datetime.timedelta(days=2), "192.0.2.82"))
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == set()
+    # The rows stay: the age only decides what travels.
+    assert db.count() == 2
+
+
+def test_the_fleets_own_hosts_and_the_hosts_ignoreip_stay_out(
+    db: Database, make_host: Callable[..., Host], start_fail2ban: Callable[..., Fail2ban]
+) -> None:
+    """A host's ban of another host of the fleet (a relay that failed its login) does not travel:
+    the fleet jail ignores the other hosts (f2bsql_fail2ban_fleet_ignoreip) and still the host's
+    own ignoreip, which it keeps through %(known/ignoreip)s."""
+    a = make_host(db, "mail-a.example.test")
+    a.write_config(fleet_jail=FLEET_JAIL)
+    fail2ban_a = start_fail2ban(a, fleet_ignoreip=IGNORED)
+    b = make_host(db, "mail-b.example.test")
+    b.write_config(fleet_jail=FLEET_JAIL)
+    fail2ban_b = start_fail2ban(b, fleet_ignoreip=IGNORED, fleet_peers=("192.0.2.90", "2001:db8:90::/64"))
+    fail2ban_a.banip("192.0.2.90", "192.0.2.91", "198.51.100.9", "2001:db8:90::5")
+    wait_for(lambda: len(_rows(db, a)) == 4, "A's four rows")
+    b.ok("unban_db")
+    assert fail2ban_b.banned(FLEET_JAIL) == {"192.0.2.91"}
+    assert fail2ban_a.banned("dovecot") == {"192.0.2.90", "192.0.2.91", "198.51.100.9", "2001:db8:90::5"}

@@ -12,6 +12,7 @@ this machine (and the assertions on where it stopped fail).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -123,3 +124,115 @@ def test_a_run_that_would_make_up_a_password_for_a_fleet_with_hosts_left_out_sto
     # The whole fleet in the run (both hosts run locally here): a new fleet gets a new password.
     whole = play("-i", str(hosts), str(guard), *none_found, "-e", "ansible_connection=local")
     assert whole.returncode == 0 and "past the guard" in whole.stdout, whole.stdout[-3000:]
+
+
+def test_a_mail_hosts_own_local_password_is_not_taken_for_the_fleets(tmp_path: Path) -> None:
+    """read_password: a credential naming this host's own server (iRedMail's single-host
+    install: host=127.0.0.1, localhost, ::1, or no host) counts where this host's database is
+    local, and not where it is another server, a fleet's: that password is not the fleet's user's.
+    One case per inventory host; each reads its own files (extra vars templated per host)."""
+    cases = {
+        # name: (backend, this host's database, credential text, password expected)
+        "local_on_local": ("mysql", "127.0.0.1", "[client]\nhost=127.0.0.1\npassword=own\n", "own"),
+        "local_in_fleet": ("mysql", "db.example.test", "[client]\nhost=127.0.0.1\npassword=own\n", ""),
+        "no_host_in_fleet": ("mysql", "db.example.test", "[client]\nuser=fail2ban\npassword='own'\n", ""),
+        "fleet_in_fleet": ("mysql", "db.example.test", "[client]\nhost=db.example.test\npassword=fleet\n", "fleet"),
+        "pg_local_in_fleet": ("pgsql", "db.example.test", "localhost:5432:fail2ban:fail2ban:own\n", ""),
+        "pg_v6_in_fleet": ("pgsql", "db.example.test", "\\:\\:1:5432:*:fail2ban:own\n", ""),
+        "pg_fleet_in_fleet": ("pgsql", "db.example.test", "db.example.test:5432:*:fail2ban:fl\\:eet\n", "fl:eet"),
+        "pg_local_on_local": ("pgsql", "127.0.0.1", "127.0.0.1:5432:fail2ban:fail2ban:own\n", "own"),
+    }
+    lines = []
+    for name, (backend, database, text, _) in cases.items():
+        home = tmp_path / name
+        home.mkdir()
+        (home / (".pgpass" if backend == "pgsql" else "my.cnf")).write_text(text, encoding="utf-8")
+        lines.append(
+            f"{name} ansible_connection=local ansible_python_interpreter=/usr/bin/python3"
+            f" f2bsql_fail2ban_db_backend={backend} f2bsql_fail2ban_db_host={database}"
+        )
+    hosts = tmp_path / "cases.ini"
+    hosts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    reader = tmp_path / "read.yml"
+    reader.write_text(
+        "- hosts: all\n  gather_facts: true\n  tasks:\n"
+        "    - ansible.builtin.import_role:\n"
+        f"        name: {REPO / 'roles' / 'f2bsql_fail2ban'}\n"
+        "        tasks_from: read_password\n"
+        "    - ansible.builtin.debug:\n"
+        '        msg: "found {{ inventory_hostname }} [{{ f2bsql_fail2ban_found_password }}]"\n',
+        encoding="utf-8",
+    )
+    files = {
+        "__f2bsql_fail2ban_mysql_credential_file": f"{tmp_path}/{{{{ inventory_hostname }}}}/my.cnf",
+        "__f2bsql_fail2ban_pg_home": f"{tmp_path}/{{{{ inventory_hostname }}}}",
+    }
+    done = play("-i", str(hosts), str(reader), "-e", json.dumps(files))
+    assert done.returncode == 0, done.stdout[-3000:]
+    found = dict(re.findall(r'"msg": "found (\w+) \[(.*)\]"', done.stdout))
+    assert found == {name: case[3] for name, case in cases.items()}
+
+
+def test_shared_bans_on_a_postgresql_host_with_a_pgpass_get_their_keys(tmp_path: Path) -> None:
+    """An iRedMail host with a PostgreSQL OS user keeps the helper's password in its .pgpass,
+    which has no room for the shared bans' keys: with shared bans on it gets the credential file
+    (backend = pgsql, the [f2bsql] keys) instead; off again, the .pgpass line takes over and the
+    file f2bsql wrote goes. Someone else's credential file in the way still stops the run."""
+    mycnf = tmp_path / "my.cnf-fail2ban"
+    home = tmp_path / "pg"
+    home.mkdir()
+    playbook = tmp_path / "credentials.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: true\n  tasks:\n"
+        + "".join(
+            f"    - ansible.builtin.import_role:\n        name: {REPO / 'roles' / 'f2bsql_fail2ban'}\n"
+            f"        tasks_from: {entry}\n"
+            for entry in ("vars", "credentials")
+        ),
+        encoding="utf-8",
+    )
+    settings = {
+        "__f2bsql_fail2ban_mysql_credential_file": str(mycnf),
+        "__f2bsql_fail2ban_pg_home": str(home),
+        "__f2bsql_fail2ban_pg_os_user": "root",
+        "f2bsql_fail2ban_db_backend": "pgsql",
+        "f2bsql_fail2ban_db_host": "127.0.0.1",
+        "f2bsql_fail2ban_db_port": 5432,
+        "f2bsql_fail2ban_db_password": "the-fleets-password-42",
+    }
+
+    def converge(fleet_bans: bool) -> subprocess.CompletedProcess[str]:
+        extra = tmp_path / "vars.json"
+        extra.write_text(json.dumps({**settings, "f2bsql_fail2ban_fleet_bans": fleet_bans}), encoding="utf-8")
+        extra.chmod(0o600)
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
+        command = [PLAYBOOK, "-i", "localhost,", "-c", "local"]
+        return subprocess.run(
+            [*command, "-e", "ansible_python_interpreter=/usr/bin/python3", "-e", f"@{extra}", str(playbook)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    shared = converge(True)
+    assert shared.returncode == 0, shared.stdout[-3000:]
+    text = mycnf.read_text(encoding="utf-8")
+    assert "backend = pgsql" in text and "fleet_jail = f2bsql-fleet" in text, text
+    assert mycnf.stat().st_mode & 0o777 == 0o600
+    assert not (home / ".pgpass").exists()
+
+    alone = converge(False)
+    assert alone.returncode == 0, alone.stdout[-3000:]
+    assert not mycnf.exists(), "the credential file f2bsql wrote stayed in front of the .pgpass line"
+    assert (home / ".pgpass").read_text(encoding="utf-8") == (
+        "127.0.0.1:5432:fail2ban:fail2ban:the-fleets-password-42\n"
+    )
+
+    mycnf.write_text("[client]\nuser=someone\npassword=theirs\n", encoding="utf-8")
+    refused = converge(False)
+    assert refused.returncode == 2, refused.stdout[-3000:]
+    assert "exists, and the helper reads it before any .pgpass" in refused.stdout
+    assert mycnf.read_text(encoding="utf-8") == "[client]\nuser=someone\npassword=theirs\n"

@@ -69,11 +69,14 @@ def test_the_shared_bans_keys_are_read_and_checked(helper_module: ModuleType, tm
     config = tmp_path / "f2bsql.ini"
     write_private(config, mycnf("fail2ban") + "[f2bsql]\nfleet_jail = f2bsql-fleet\nfleet_from = dovecot, postfix\n")
     settings = helper_module.load_settings(str(config), None)
-    assert (settings.fleet_jail, settings.fleet_from, settings.fleet_limit) == (
+    assert (settings.fleet_jail, settings.fleet_from, settings.fleet_limit, settings.fleet_max_age) == (
         "f2bsql-fleet",
         ("dovecot", "postfix"),
         helper_module.DEFAULT_FLEET_LIMIT,
+        7 * 86400,
     )
+    write_private(config, mycnf("fail2ban") + "[f2bsql]\nfleet_jail = f2bsql-fleet\nfleet_max_age = 0\n")
+    assert helper_module.load_settings(str(config), None).fleet_max_age == 0
     # Off unless named.
     write_private(config, mycnf("fail2ban"))
     assert helper_module.load_settings(str(config), None).fleet_jail == ""
@@ -81,6 +84,8 @@ def test_the_shared_bans_keys_are_read_and_checked(helper_module: ModuleType, tm
         ("fleet_jail = f2bsql fleet", "fleet_jail"),
         ("fleet_from = dovecot,post;fix", "fleet_from"),
         ("fleet_limit = 0", "fleet_limit must be a whole number"),
+        ("fleet_max_age = -1", "fleet_max_age must be a whole number of seconds"),
+        ("fleet_max_age = 1d", "fleet_max_age must be a whole number of seconds"),
     ):
         write_private(config, mycnf("fail2ban") + f"[f2bsql]\n{bad}\n")
         with pytest.raises(helper_module.ConfigError, match=message):

@@ -781,8 +781,9 @@ action = {firewall}
 FLEET_JAIL = "f2bsql-fleet"
 
 
-def render_fleet_jail(firewall: str) -> str:
-    """templates/f2bsql-fleet-jail.j2 as the role renders it into its overlay."""
+def render_fleet_jail(firewall: str, peers: Sequence[str] = ()) -> str:
+    """templates/f2bsql-fleet-jail.j2 as the role renders it into its overlay; `peers`: the fleet's
+    other hosts (f2bsql_fail2ban_fleet_ignoreip)."""
     return (
         _templates()
         .get_template("f2bsql-fleet-jail.j2")
@@ -791,6 +792,7 @@ def render_fleet_jail(firewall: str) -> str:
             f2bsql_fail2ban_fleet_port="0:65535",
             f2bsql_fail2ban_fleet_action=firewall,
             f2bsql_fail2ban_fleet_bantime=86400,
+            f2bsql_fail2ban_fleet_ignoreip=list(peers),
         )
     )
 
@@ -808,15 +810,17 @@ class Fail2ban:
         firewall: bool = True,
         extra_jails: int = 0,
         fleet_ignoreip: str | None = None,
+        fleet_peers: Sequence[str] = (),
     ) -> None:
         """`action`: one of RECORD_ACTIONS; `firewall`: run the `dummy` action beside it, as a real
         jail runs its firewall action (a process per ban); `extra_jails`: more jails like postfix
         (extra1, extra2, ...), each with its own log file; `fleet_ignoreip`: the host's ignoreip,
-        and the shared bans' jail (FLEET_JAIL) beside the others."""
+        and the shared bans' jail (FLEET_JAIL) beside the others, which also ignores `fleet_peers`."""
         assert action in RECORD_ACTIONS, action
         self.action = action
         self.firewall = firewall
         self.fleet_ignoreip = fleet_ignoreip
+        self.fleet_peers = tuple(fleet_peers)
         self.jails = (*self.JAILS, *(f"extra{n}" for n in range(1, extra_jails + 1)))
         if fleet_ignoreip is not None:
             self.jails += (FLEET_JAIL,)
@@ -867,7 +871,8 @@ class Fail2ban:
         default = JAIL_DEFAULT
         if self.fleet_ignoreip is not None:
             default += f"ignoreip = {self.fleet_ignoreip}\n"
-            sections.append(render_fleet_jail(f'dummy[target="{self.root / (FLEET_JAIL + ".dummy")}"]'))
+            firewall = f'dummy[target="{self.root / (FLEET_JAIL + ".dummy")}"]'
+            sections.append(render_fleet_jail(firewall, self.fleet_peers))
         (self.conf / "jail.conf").write_text(default + "".join(sections), encoding="utf-8")
         for jail in record_jails:
             self._logfile(jail).touch()

@@ -134,9 +134,10 @@ SQL: dict[str, dict[str, str]] = {
         "jail_names": "SELECT `name` FROM `jails` UNION SELECT `jail` FROM `banned`",
         "mark_remove": "UPDATE `banned` SET `remove` = 1 WHERE `id` IN ({marks}) AND `remove` = 0",
         # Shared bans: the addresses the other hosts hold banned (not through the fleet jail, not
-        # marked for removal), newest first; {cond} narrows the jails (fleet_from).
+        # marked for removal, since a time), newest first; {cond} narrows the jails (fleet_from).
         "fleet_bans": (
-            "SELECT `ip` FROM `banned` WHERE `hostname` <> %s AND `jail` <> %s AND `remove` = 0{cond}"
+            "SELECT `ip` FROM `banned` WHERE `hostname` <> %s AND `jail` <> %s AND `remove` = 0"
+            " AND `timestamp` >= %s{cond}"
             " GROUP BY `ip` ORDER BY MAX(`timestamp`) DESC"
         ),
         "fleet_from": " AND `jail` IN ({marks})",
@@ -193,7 +194,7 @@ SQL: dict[str, dict[str, str]] = {
         "jail_names": "SELECT name FROM jails UNION SELECT jail FROM banned",
         "mark_remove": "UPDATE banned SET remove = 1 WHERE id IN ({marks}) AND remove = 0",
         "fleet_bans": (
-            "SELECT ip FROM banned WHERE hostname <> %s AND jail <> %s AND remove = 0{cond}"
+            "SELECT ip FROM banned WHERE hostname <> %s AND jail <> %s AND remove = 0 AND timestamp >= %s{cond}"
             " GROUP BY ip ORDER BY MAX(timestamp) DESC"
         ),
         "fleet_from": " AND jail IN ({marks})",
@@ -537,12 +538,15 @@ class Database:
         compared here too: MySQL's collation would take DOVECOT for dovecot)."""
         return jail in {str(name) for (name,) in self.execute("jail_known", (jail, jail), fetch=True)}
 
-    def fleet_bans(self, hostname: str, fleet_jail: str, jails: Sequence[str] = ()) -> list[str]:
-        """The addresses the fleet's other hosts ban (in `jails`, or any), newest first: those the
-        fleet jail of this host holds. Rows of a fleet jail are never counted (no echo), nor rows a
-        panel marked for removal."""
+    def fleet_bans(
+        self, hostname: str, fleet_jail: str, since: datetime.datetime, jails: Sequence[str] = ()
+    ) -> list[str]:
+        """The addresses the fleet's other hosts ban (in `jails`, or any) since `since` (naive UTC),
+        newest first: those the fleet jail of this host holds. Rows of a fleet jail are never
+        counted (no echo), nor rows a panel marked for removal."""
         cond = "fleet_from" if jails else ""
-        rows = self.execute("fleet_bans", (hostname, fleet_jail, *jails), fetch=True, count=len(jails), cond=cond)
+        params = (hostname, fleet_jail, since, *jails)
+        rows = self.execute("fleet_bans", params, fetch=True, count=len(jails), cond=cond)
         return [str(ip) for (ip,) in rows]
 
     def jail_names(self) -> set[str]:

@@ -258,7 +258,8 @@ class Maintenance(Runner):
 
         An address another host bans (in the fleet_from jails, or any) is banned here, unless this
         jail's ignoreip (or ignoreself) covers it, at most fleet_limit new ones a run, newest first;
-        one no other host bans any more (unbanned, expired, marked by a panel) is lifted. The jail
+        one no other host bans any more (unbanned, expired, marked by a panel, or banned longer
+        ago than fleet_max_age: a retired host's rows) is lifted. The jail
         has no banned_db action: its bans make no rows, and so never travel back. False when
         fail2ban refused a call (the run fails, and the next one tries again).
         """
@@ -267,7 +268,7 @@ class Maintenance(Runner):
             log(f"shared bans: jail {jail!r} does not run here (fail2ban-client reload?): not applied", error=True)
             return False
         try:
-            found = db.fleet_bans(self.settings.hostname, jail, self.settings.fleet_from)
+            found = db.fleet_bans(self.settings.hostname, jail, self._fleet_since(), self.settings.fleet_from)
             ignored, complete = fail2ban_ignored(self.settings, jail)
         except HelperError as exc:  # the rest of the cron run goes on
             log(f"shared bans: not applied this run: {exc}", error=True)
@@ -294,6 +295,13 @@ class Maintenance(Runner):
         if lift or new:
             log(f"shared bans: {len(new)} banned, {len(lift)} lifted in jail {jail}")
         return ok
+
+    def _fleet_since(self) -> datetime.datetime:
+        """The oldest ban time that still travels (naive UTC, as the rows' timestamps)."""
+        if not self.settings.fleet_max_age:
+            return datetime.datetime(1970, 1, 2)  # within every backend's range: no limit
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+        return now - datetime.timedelta(seconds=self.settings.fleet_max_age)
 
     def _insert(self, db: Database, rows: list[BanRow]) -> int:
         """Insert rows sync found missing, a statement per batch (after a crash of fail2ban-server a

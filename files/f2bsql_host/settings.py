@@ -33,6 +33,9 @@ DEFAULT_HISTORY_DAYS = 90
 DEFAULT_METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter
 # Shared bans: at most this many new addresses banned in the fleet jail per cron run.
 DEFAULT_FLEET_LIMIT = 1000
+# Shared bans: rows older than this many seconds do not travel (a host retired without its
+# uninstall leaves rows nobody lifts); 0 = no limit.
+DEFAULT_FLEET_MAX_AGE = 7 * 86400
 
 
 class Settings:
@@ -68,6 +71,7 @@ class Settings:
         self.fleet_jail = ""
         self.fleet_from: tuple[str, ...] = ()
         self.fleet_limit = DEFAULT_FLEET_LIMIT
+        self.fleet_max_age = DEFAULT_FLEET_MAX_AGE
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in vars(self).items() if name != "password")
@@ -209,7 +213,8 @@ def settings_from_ini(path: str) -> Settings:
 
 
 def _read_fleet(sections: Sections, settings: Settings, path: str) -> None:
-    """The shared bans' keys: fleet_jail, fleet_from (jail names, comma-separated), fleet_limit."""
+    """The shared bans' keys: fleet_jail, fleet_from (jail names, comma-separated), fleet_limit,
+    fleet_max_age (seconds)."""
     jail = _ini_value(sections, "f2bsql", "fleet_jail")
     try:
         settings.fleet_jail = check_jail(jail) if jail else ""
@@ -222,6 +227,11 @@ def _read_fleet(sections: Sections, settings: Settings, path: str) -> None:
         if not limit.isdigit() or int(limit) < 1:
             raise ConfigError(f"{path}: fleet_limit must be a whole number of addresses (at least 1)")
         settings.fleet_limit = int(limit)
+    max_age = _ini_value(sections, "f2bsql", "fleet_max_age")
+    if max_age:
+        if not max_age.isdigit():
+            raise ConfigError(f"{path}: fleet_max_age must be a whole number of seconds (0: no limit)")
+        settings.fleet_max_age = int(max_age)
 
 
 def _split_pgpass_line(line: str) -> list[str]:
