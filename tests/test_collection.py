@@ -97,7 +97,9 @@ def test_a_playbook_outside_the_repository_uses_its_roles_and_playbooks_by_fqcn(
         BIN / "ansible-playbook", "-i", "inventory", "fleet.yml", "--list-tasks",
         cwd=tmp_path, ANSIBLE_COLLECTIONS_PATH=str(collections),
     ).stdout  # fmt: skip
-    # The playbooks' roles, by their paths inside the installed collection (the playbook is
-    # outside this checkout), and the operator's role by its FQCN.
-    assert "../roles/f2bsql_fail2ban : Log in with them" in listed
+    # The collection's playbooks name its roles by FQCN (scripts/build-collection rewrites the
+    # tree's ../roles/<name> paths), so no roles_path entry can stand in for them; and the
+    # operator's role by its FQCN.
+    assert f"{FQCN}.f2bsql_fail2ban : Log in with them" in listed
+    assert "../roles/" not in listed
     assert f"{FQCN}.f2bsql_database : Validating arguments against arg spec 'main'" in listed
