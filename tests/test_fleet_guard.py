@@ -127,32 +127,46 @@ def test_a_run_that_would_make_up_a_password_for_a_fleet_with_hosts_left_out_sto
 
 
 def test_a_mail_hosts_own_local_password_is_not_taken_for_the_fleets(tmp_path: Path) -> None:
-    """read_password: a credential naming this host's own server (iRedMail's single-host
-    install: host=127.0.0.1, localhost, ::1, or no host) counts where this host's database is
-    local, and not where it is another server, a fleet's: that password is not the fleet's user's.
-    One case per inventory host; each reads its own files (extra vars templated per host)."""
+    """read_password: on a mail host of a fleet whose database is another server, a credential
+    naming this host's own server (iRedMail's single-host install: host=127.0.0.1, localhost,
+    ::1, no host, or its .pgpass line `*:*:*:fail2ban:`) does not count: that password is not the
+    fleet's user's. It counts on the database server itself and where the database is local.
+    Credentials are read in the helper's order (the MySQL file, then .pgpass). One case per
+    inventory host; each reads its own files (extra vars templated per host)."""
+    mysql_local = "[client]\nhost=127.0.0.1\npassword=own\n"
+    mysql_fleet = "[client]\nhost=db.example.test\npassword=fleet\n"
     cases = {
-        # name: (backend, this host's database, credential text, password expected)
-        "local_on_local": ("mysql", "127.0.0.1", "[client]\nhost=127.0.0.1\npassword=own\n", "own"),
-        "local_in_fleet": ("mysql", "db.example.test", "[client]\nhost=127.0.0.1\npassword=own\n", ""),
-        "no_host_in_fleet": ("mysql", "db.example.test", "[client]\nuser=fail2ban\npassword='own'\n", ""),
-        "fleet_in_fleet": ("mysql", "db.example.test", "[client]\nhost=db.example.test\npassword=fleet\n", "fleet"),
-        "pg_local_in_fleet": ("pgsql", "db.example.test", "localhost:5432:fail2ban:fail2ban:own\n", ""),
-        "pg_v6_in_fleet": ("pgsql", "db.example.test", "\\:\\:1:5432:*:fail2ban:own\n", ""),
-        "pg_fleet_in_fleet": ("pgsql", "db.example.test", "db.example.test:5432:*:fail2ban:fl\\:eet\n", "fl:eet"),
-        "pg_local_on_local": ("pgsql", "127.0.0.1", "127.0.0.1:5432:fail2ban:fail2ban:own\n", "own"),
-    }
-    lines = []
-    for name, (backend, database, text, _) in cases.items():
+        # name: (backend, this host's database, /root/.my.cnf-fail2ban, .pgpass, password expected)
+        "local_on_local": ("mysql", "127.0.0.1", mysql_local, None, "own"),
+        "local_in_fleet": ("mysql", "db.example.test", mysql_local, None, ""),
+        "no_host_in_fleet": ("mysql", "db.example.test", "[client]\nuser=fail2ban\npassword='own'\n", None, ""),
+        "fleet_in_fleet": ("mysql", "db.example.test", mysql_fleet, None, "fleet"),
+        "pg_local_in_fleet": ("pgsql", "db.example.test", None, "localhost:5432:fail2ban:fail2ban:own\n", ""),
+        "pg_iredmail_in_fleet": ("pgsql", "db.example.test", None, "*:*:*:fail2ban:own\n", ""),
+        "pg_v6_in_fleet": ("pgsql", "db.example.test", None, "\\:\\:1:5432:*:fail2ban:own\n", ""),
+        "pg_fleet_in_fleet": ("pgsql", "db.example.test", None, "db.example.test:5432:*:fail2ban:fl\\:eet\n", "fl:eet"),
+        "pg_local_on_local": ("pgsql", "127.0.0.1", None, "127.0.0.1:5432:fail2ban:fail2ban:own\n", "own"),
+        # Shared bans on a PostgreSQL iRedMail host: the helper reads the file, not iRedMail's line.
+        "pg_both_in_fleet": (
+            "pgsql", "db.example.test", mysql_fleet + "[f2bsql]\nbackend = pgsql\n", "*:*:*:fail2ban:own\n", "fleet",
+        ),
+        # The database server, given its address for the clients (f2bsql_database_host).
+        "db_itself": ("mysql", "db.example.test", mysql_local, None, "own"),
+    }  # fmt: skip
+    lines = {"f2bsql_database": [], "f2bsql_fail2ban": []}
+    for name, (backend, database, mycnf, pgpass, _) in cases.items():
         home = tmp_path / name
         home.mkdir()
-        (home / (".pgpass" if backend == "pgsql" else "my.cnf")).write_text(text, encoding="utf-8")
-        lines.append(
+        if mycnf is not None:
+            (home / "my.cnf").write_text(mycnf, encoding="utf-8")
+        if pgpass is not None:
+            (home / ".pgpass").write_text(pgpass, encoding="utf-8")
+        lines["f2bsql_database" if name == "db_itself" else "f2bsql_fail2ban"].append(
             f"{name} ansible_connection=local ansible_python_interpreter=/usr/bin/python3"
             f" f2bsql_fail2ban_db_backend={backend} f2bsql_fail2ban_db_host={database}"
         )
     hosts = tmp_path / "cases.ini"
-    hosts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    hosts.write_text("".join(f"[{group}]\n" + "\n".join(names) + "\n\n" for group, names in lines.items()))
     reader = tmp_path / "read.yml"
     reader.write_text(
         "- hosts: all\n  gather_facts: true\n  tasks:\n"
@@ -170,7 +184,7 @@ def test_a_mail_hosts_own_local_password_is_not_taken_for_the_fleets(tmp_path: P
     done = play("-i", str(hosts), str(reader), "-e", json.dumps(files))
     assert done.returncode == 0, done.stdout[-3000:]
     found = dict(re.findall(r'"msg": "found (\w+) \[(.*)\]"', done.stdout))
-    assert found == {name: case[3] for name, case in cases.items()}
+    assert found == {name: case[4] for name, case in cases.items()}
 
 
 def test_shared_bans_on_a_postgresql_host_with_a_pgpass_get_their_keys(tmp_path: Path) -> None:

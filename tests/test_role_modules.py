@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,3 +162,42 @@ def test_files_refuses_what_is_not_a_plain_file_name(tmp_path: Path) -> None:
         result = run_module(FILES_MODULE, tmp_path, dest=str(tmp_path), files={name: "x\n"})
         assert result["failed"] is True and "is not a plain file name" in result["msg"], result
     assert not (tmp_path.parent / "escape.py").exists()
+
+
+def read_jails(config: Path, **args: str) -> dict[str, Any]:
+    """f2bsql_fail2ban_jails run by Ansible as the role runs it (its module_utils on the path)."""
+    role = REPO / "roles" / "f2bsql_fail2ban"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-o",
+            "-e", "ansible_python_interpreter=/usr/bin/python3", "-m", "f2bsql_fail2ban_jails",
+            "-a", json.dumps({"config_dir": str(config), **args}),
+        ],
+        env={**BASE_ENV, "ANSIBLE_LIBRARY": str(role / "library"),
+             "ANSIBLE_MODULE_UTILS": str(role / "module_utils")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.split(" => ", 1)[1])
+    return result
+
+
+def test_the_fleet_jail_keeps_the_hosts_ignoreip_as_a_value_not_a_reference(tmp_path: Path) -> None:
+    """The role writes the host's ignoreip into the shared jail as fail2ban reads it without the
+    overlay: an earlier [f2bsql-fleet] section's, else [DEFAULT]'s, else none. (fail2ban's
+    %(known/ignoreip)s would fail the whole configuration where [DEFAULT] has none, as Debian's
+    jail.conf has none.)"""
+    jail = "[one]\nenabled = true\nfilter =\nbackend = polling\nlogpath = /dev/null\naction =\n"
+    cases = {
+        "none": ("[DEFAULT]\nbantime = 60\n" + jail, ""),
+        "default": ("[DEFAULT]\nignoreip = 127.0.0.1/8  ::1\n    10.0.0.0/8\n" + jail, "127.0.0.1/8 ::1 10.0.0.0/8"),
+        "own": ("[DEFAULT]\nignoreip = 127.0.0.1/8\n[f2bsql-fleet]\nignoreip = %(known/ignoreip)s 192.0.2.1\n" + jail,
+                "127.0.0.1/8 192.0.2.1"),
+    }  # fmt: skip
+    for name, (text, expected) in cases.items():
+        config = tmp_path / name
+        config.mkdir()
+        (config / "jail.conf").write_text(text, encoding="utf-8")
+        shutil.copy("/etc/fail2ban/fail2ban.conf", config / "fail2ban.conf")
+        found = read_jails(config, ignoreip_of="f2bsql-fleet")
+        assert (found["ignoreip"], found["enabled"]) == (expected, ["one"]), (name, found)

@@ -781,9 +781,10 @@ action = {firewall}
 FLEET_JAIL = "f2bsql-fleet"
 
 
-def render_fleet_jail(firewall: str, peers: Sequence[str] = ()) -> str:
+def render_fleet_jail(firewall: str, peers: Sequence[str] = (), host_ignoreip: str = "") -> str:
     """templates/f2bsql-fleet-jail.j2 as the role renders it into its overlay; `peers`: the fleet's
-    other hosts (f2bsql_fail2ban_fleet_ignoreip)."""
+    other hosts (f2bsql_fail2ban_fleet_ignoreip), `host_ignoreip`: the host's own as the role's
+    f2bsql_fail2ban_jails module reads it (tests/test_role_modules.py)."""
     return (
         _templates()
         .get_template("f2bsql-fleet-jail.j2")
@@ -793,6 +794,7 @@ def render_fleet_jail(firewall: str, peers: Sequence[str] = ()) -> str:
             f2bsql_fail2ban_fleet_action=firewall,
             f2bsql_fail2ban_fleet_bantime=86400,
             f2bsql_fail2ban_fleet_ignoreip=list(peers),
+            __f2bsql_fail2ban_fleet_host_ignoreip=host_ignoreip,
         )
     )
 
@@ -872,7 +874,7 @@ class Fail2ban:
         if self.fleet_ignoreip is not None:
             default += f"ignoreip = {self.fleet_ignoreip}\n"
             firewall = f'dummy[target="{self.root / (FLEET_JAIL + ".dummy")}"]'
-            sections.append(render_fleet_jail(firewall, self.fleet_peers))
+            sections.append(render_fleet_jail(firewall, self.fleet_peers, self.fleet_ignoreip))
         (self.conf / "jail.conf").write_text(default + "".join(sections), encoding="utf-8")
         for jail in record_jails:
             self._logfile(jail).touch()

@@ -298,10 +298,12 @@ class Maintenance(Runner):
 
     def _fleet_since(self) -> datetime.datetime:
         """The oldest ban time that still travels (naive UTC, as the rows' timestamps)."""
-        if not self.settings.fleet_max_age:
-            return datetime.datetime(1970, 1, 2)  # within every backend's range: no limit
+        floor = datetime.datetime(1970, 1, 2)  # within every backend's range: no limit
         now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
-        return now - datetime.timedelta(seconds=self.settings.fleet_max_age)
+        age = self.settings.fleet_max_age
+        if not age or age >= (now - floor).total_seconds():
+            return floor
+        return now - datetime.timedelta(seconds=age)
 
     def _insert(self, db: Database, rows: list[BanRow]) -> int:
         """Insert rows sync found missing, a statement per batch (after a crash of fail2ban-server a

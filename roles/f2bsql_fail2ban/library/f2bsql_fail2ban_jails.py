@@ -43,6 +43,12 @@ options:
     description: Without fail2ban-client, return no jails (and C(missing)) instead of failing.
     type: bool
     default: false
+  ignoreip_of:
+    description: >-
+      A jail (the shared bans' one) whose C(ignoreip) to return as the configuration without the
+      overlay gives it: an earlier section of that name's, else C([DEFAULT])'s, else empty.
+    type: str
+    default: ""
   default_port: {description: Port when no action names one (allports actions)., type: str, default: "0:65535"}
   default_protocol: {description: Protocol when no action names one., type: str, default: tcp}
 attributes:
@@ -80,6 +86,10 @@ missing:
   description: fail2ban-client is not installed (only with I(missing_ok)).
   returned: success
   type: bool
+ignoreip:
+  description: The C(ignoreip) of I(ignoreip_of), interpolated ("" when none or not asked).
+  returned: success
+  type: str
 """
 
 import ast
@@ -110,8 +120,15 @@ for jail in reader.jails:
     if options.get("enabled") and not options.get("config-error"):
         actions[jail.getName()] = [a.strip() for a in splitWithOptions(options.get("action") or "") if a.strip()]
 print("#f2bsql-actions " + json.dumps(actions))
+ignoreip = ""
+for section in (sys.argv[2], "DEFAULT") if len(sys.argv) > 2 and sys.argv[2] else ():
+    if (section == "DEFAULT" or reader.has_section(section)) and reader.has_option(section, "ignoreip"):
+        ignoreip = reader.get(section, "ignoreip")
+        break
+print("#f2bsql-ignoreip " + json.dumps(ignoreip))
 """
 ACTIONS_MARK = "#f2bsql-actions "
+IGNOREIP_MARK = "#f2bsql-ignoreip "
 
 
 def parse_dump(text):
@@ -163,6 +180,18 @@ def parse_actions(text):
     return {}
 
 
+def parse_ignoreip(text):
+    """The ignoreip the reader printed, as one line of white-space separated entries."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(IGNOREIP_MARK):
+            try:
+                found = json.loads(line[len(IGNOREIP_MARK) :])
+            except ValueError:
+                return ""
+            return " ".join(str(found).split())
+    return ""
+
+
 def spec_name(spec):
     """The name an action of a jail's `action =` runs under: its file name, or its actname."""
     name, _, options = spec.partition("[")
@@ -206,6 +235,7 @@ def main():
             client=dict(type="str", default="fail2ban-client"),
             exclude_action=dict(type="str", default="banned_db"),
             missing_ok=dict(type="bool", default=False),
+            ignoreip_of=dict(type="str", default=""),
             default_port=dict(type="str", default="0:65535"),
             default_protocol=dict(type="str", default="tcp"),
         ),
@@ -217,13 +247,13 @@ def main():
     p = module.params
     client = module.get_bin_path(p["client"], required=not p["missing_ok"])
     if client is None:
-        module.exit_json(changed=False, jails=[], enabled=[], missing=True)
+        module.exit_json(changed=False, jails=[], enabled=[], missing=True, ignoreip="")
     python = interpreter(client)
     if not python:
         module.fail_json(msg="cannot tell which python runs %s (no #! line)" % client)
     copy, config = without_overlay(p["config_dir"], p["overlay"])
     try:
-        rc, out, err = module.run_command([*python, "-c", READER, config])
+        rc, out, err = module.run_command([*python, "-c", READER, config, p["ignoreip_of"]])
     finally:
         shutil.rmtree(copy, ignore_errors=True)
     if rc != 0:
@@ -268,7 +298,7 @@ def main():
                 restated=[spec for spec in specs if spec_name(spec) != exclude] if own else [],
             )
         )
-    module.exit_json(changed=False, jails=result, enabled=sorted(dump), missing=False)
+    module.exit_json(changed=False, jails=result, enabled=sorted(dump), missing=False, ignoreip=parse_ignoreip(out))
 
 
 if __name__ == "__main__":
