@@ -2,8 +2,9 @@
 offline), installed, and used by its FQCN from a playbook outside the repository.
 
 The roles, playbooks, templates and files in it are the ones the wheel and f2bsql-install use
-(one copy); plugins/modules links the roles' modules so that ansible-doc documents them. The
-fleet scenario (molecule/fleet) converges its hosts through the installed collection.
+(one copy); plugins/modules and plugins/module_utils are made from the roles' own at build time
+(a role inside a collection has no library/ of its own), and run by their FQCN here. The fleet
+scenario (molecule/fleet) converges its hosts through the installed collection.
 """
 
 from __future__ import annotations
@@ -69,8 +70,45 @@ def test_it_holds_the_trees_roles_playbooks_templates_and_files_and_nothing_of_t
         assert expected <= names, sorted(expected - names)
     assert not {name for name in names if name.split("/")[0] in ("tests", "molecule", "bench", "installer", ".ci")}
     assert not {name for name in names if "__pycache__" in name}
-    # Every module of the roles, and nothing else, linked for ansible-doc.
+    # Every module of the roles and their module_utils, and nothing else.
     assert sorted(Path(name).stem for name in names if name.startswith("plugins/modules/")) == MODULES
+    utils = sorted(path.stem for path in REPO.glob("roles/*/module_utils/*.py"))
+    assert sorted(Path(name).stem for name in names if name.startswith("plugins/module_utils/")) == utils
+
+
+def test_its_modules_run_by_their_fqcn_with_their_module_utils(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """A role inside a collection gets no library/ or module_utils/ of its own: its modules run
+    as the collection's, importing their module_utils by the collection's name. One module of
+    each module_utils file, run for real (check mode, nothing changes)."""
+    _, collections = installed
+    config = tmp_path / "fail2ban"
+    config.mkdir()
+    (config / "jail.conf").write_text(
+        "[DEFAULT]\nignoreip = 192.0.2.0/24\n[one]\nenabled = true\nfilter =\nbackend = polling\n"
+        "logpath = /dev/null\naction =\n",
+        encoding="utf-8",
+    )
+    (config / "fail2ban.conf").write_text("[Definition]\n", encoding="utf-8")
+    adhoc = [
+        BIN / "ansible",
+        "localhost",
+        "-c",
+        "local",
+        "-o",
+        "--check",
+        "-e",
+        "ansible_python_interpreter=/usr/bin/python3",
+    ]
+    jails = run(
+        *adhoc, "-m", f"{FQCN}.f2bsql_fail2ban_jails", "-a", f"config_dir={config} ignoreip_of=one",
+        ANSIBLE_COLLECTIONS_PATH=str(collections),
+    ).stdout  # fmt: skip
+    assert '"enabled": ["one"]' in jails and '"ignoreip": "192.0.2.0/24"' in jails, jails
+    database = run(
+        *adhoc, "-m", f"{FQCN}.f2bsql_mysql_db", "-a", "name=f2bsql_collection_probe login_host=127.0.0.1",
+        ANSIBLE_COLLECTIONS_PATH=str(collections),
+    ).stdout  # fmt: skip
+    assert '"name": "f2bsql_collection_probe"' in database, database
 
 
 @pytest.mark.parametrize("module", MODULES)
