@@ -168,28 +168,27 @@ def parse_dump(text):
     return jails
 
 
-def parse_actions(text):
-    """{jail: [action as written]} from the reader's last line; {} when there is none."""
+def marked(text, mark):
+    """The JSON value the reader printed after `mark` (its last such line), or None."""
     for line in reversed(text.splitlines()):
-        if line.startswith(ACTIONS_MARK):
+        if line.startswith(mark):
             try:
-                found = json.loads(line[len(ACTIONS_MARK) :])
+                return json.loads(line[len(mark) :])
             except ValueError:
-                return {}
-            return found if isinstance(found, dict) else {}
-    return {}
+                return None
+    return None
+
+
+def parse_actions(text):
+    """{jail: [action as written]} from the reader's output; {} when there is none."""
+    found = marked(text, ACTIONS_MARK)
+    return found if isinstance(found, dict) else {}
 
 
 def parse_ignoreip(text):
     """The ignoreip the reader printed, as one line of white-space separated entries."""
-    for line in reversed(text.splitlines()):
-        if line.startswith(IGNOREIP_MARK):
-            try:
-                found = json.loads(line[len(IGNOREIP_MARK) :])
-            except ValueError:
-                return ""
-            return " ".join(str(found).split())
-    return ""
+    found = marked(text, IGNOREIP_MARK)
+    return " ".join(found.split()) if isinstance(found, str) else ""
 
 
 def spec_name(spec):
