@@ -7,19 +7,23 @@ command (with pipelining), copy a file in, copy a file out. The containers run a
 `become` (to postgres, say) needs no password and no prompt handling.
 
 As root, and with nsenter at hand, a command enters the container's namespaces and root
-directory itself, with the container's environment, instead of through a `podman exec`: each
-podman process costs about 0.12 s of CPU, and a scenario runs well over a thousand (one backend
-of molecule/fleet took 394 s of the machine's CPU with them, 268 s without). The command then
-runs with root's full capabilities and in this machine's cgroup, as on a real host; the end of
-the container still ends it (it lives in the container's PID namespace).
-`ansible_podman_exec_enter: podman` (or F2BSQL_PODMAN_EXEC_ENTER=podman) keeps `podman exec`.
+directory itself, with the environment and umask of the container's first process, instead of
+through a `podman exec`: each podman process costs about 0.12 s of CPU, and a scenario runs well
+over a thousand (one backend of molecule/fleet took 394 s of the machine's CPU with them, 268 s
+without). Unlike `podman exec`, the command runs with root's full capabilities, no seccomp
+profile, this machine's resource limits and cgroup, as on a real host; the end of the container
+still ends it (it lives in the container's PID namespace). A container it cannot enter (a remote
+podman, --cgroups=disabled) is reached with `podman exec`, as is every container with
+`ansible_podman_exec_enter: podman` (or F2BSQL_PODMAN_EXEC_ENTER=podman).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from ansible.utils.display import Display
 
 DOCUMENTATION = """
     name: podman_exec
-    short_description: run tasks in a local podman container with podman exec
+    short_description: run tasks in a local podman container (podman exec or nsenter)
     description:
         - Runs commands in a running container of the local podman with C(podman exec),
           and copies files with C(podman exec ... cat). Molecule's fresh scenario uses it.
@@ -75,15 +79,24 @@ display = Display()
 CACHE = "MOLECULE_EPHEMERAL_DIRECTORY"
 
 
-def identity(pid: int) -> str | None:
-    """Start time (/proc/PID/stat, field 22) and cgroups of a process: with the pid, they name one
-    process, and the cgroups name its container (podman puts its id in every path)."""
+def identity(pid: int) -> tuple[str, str] | None:
+    """The start time (/proc/PID/stat, field 22) and cgroups of a process, None if there is none:
+    the pid and its start time name one process, the cgroups its container (podman puts
+    `libpod-<id>` in every path, with cgroupfs and with systemd, cgroup v1 and v2)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
         return None
-    return f"{stat[stat.rindex(')') + 2 :].split()[19]} {cgroups}"
+    return stat[stat.rindex(")") + 2 :].split()[19], cgroups
+
+
+class NotRunning(AnsibleConnectionFailure):  # type: ignore[misc]
+    """podman knows no running container of that name: podman exec would fail too."""
+
+
+def in_container(cgroups: str, container_id: str) -> bool:
+    return re.search(rf"/libpod-{re.escape(container_id)}(\.scope)?(/|$)", cgroups, re.M) is not None
 
 
 class Connection(ConnectionBase):
@@ -98,6 +111,7 @@ class Connection(ConnectionBase):
         self._container = ""
         # With nsenter: the command that enters the container (its environment included).
         self._enter: list[str] | None = None
+        self._umask = 0o022
 
     def _connect(self) -> Connection:
         if not self._connected:
@@ -108,10 +122,17 @@ class Connection(ConnectionBase):
             self._container = self.get_option("remote_addr")
             enter = self.get_option("enter")
             nsenter = shutil.which("nsenter")
-            if enter == "nsenter" or (enter == "auto" and os.geteuid() == 0 and nsenter is not None):
-                if nsenter is None or os.geteuid() != 0:
-                    raise AnsibleConnectionFailure("podman_exec: enter=nsenter needs root and nsenter")
-                self._enter = self._nsenter(nsenter)
+            if enter == "nsenter" and (nsenter is None or os.geteuid() != 0):
+                raise AnsibleConnectionFailure("podman_exec: enter=nsenter needs root and nsenter")
+            if enter != "podman" and nsenter is not None and os.geteuid() == 0:
+                try:
+                    self._enter, self._umask = self._nsenter(nsenter)
+                except AnsibleConnectionFailure as error:
+                    if enter == "nsenter" or isinstance(error, NotRunning):
+                        raise
+                    # auto: a container this machine cannot enter (podman-remote, another pid
+                    # namespace, --cgroups=disabled) is still reached with podman exec.
+                    display.vvv(f"{error}; using podman exec", host=self._container)
             display.vvv(
                 f"PODMAN EXEC CONNECTION TO {self._container} ({'nsenter' if self._enter else 'podman exec'})",
                 host=self._container,
@@ -126,9 +147,9 @@ class Connection(ConnectionBase):
         cache = Path(directory, "podman_exec", self._container) if directory else None
         if cache is not None:
             try:
-                cached, container_id = cache.read_text().split()
+                cached, started, container_id = cache.read_text().split()
                 found = identity(int(cached))
-                if found is not None and container_id in found:
+                if found is not None and found[0] == started and in_container(found[1], container_id):
                     return int(cached)
             except (OSError, ValueError):
                 pass
@@ -145,38 +166,47 @@ class Connection(ConnectionBase):
             if pid <= 0:  # podman's pid of a stopped container
                 raise ValueError(pid)
         except ValueError:
-            raise AnsibleConnectionFailure(
-                f"podman_exec: container {self._container} is not running: {inspect.stderr.strip()}"
+            raise NotRunning(
+                f"podman_exec: container {self._container} not found or not running: {inspect.stderr.strip()}"
             ) from None
         found = identity(pid)
-        if found is None or container_id not in found:
+        if found is None or not in_container(found[1], container_id):
             raise AnsibleConnectionFailure(
-                f"podman_exec: process {pid} of container {self._container} is not on this machine (set"
-                " ansible_podman_exec_enter: podman for a remote podman)"
+                f"podman_exec: process {pid} of container {self._container} is not in its cgroup on this"
+                " machine (a remote podman, or --cgroups=disabled): nsenter cannot enter it"
             )
         if cache is not None:
             try:
                 cache.parent.mkdir(mode=0o700, exist_ok=True)
-                cache.write_text(f"{pid} {container_id}\n")
+                with tempfile.NamedTemporaryFile("w", dir=cache.parent, delete=False) as new:
+                    new.write(f"{pid} {found[0]} {container_id}\n")
+                os.replace(new.name, cache)  # whole or not at all, for the other hosts' workers
             except OSError as error:  # only a cache: the next task asks podman again
                 display.vvv(f"podman_exec: not cached: {error}", host=self._container)
         return pid
 
-    def _nsenter(self, nsenter: str) -> list[str]:
+    def _nsenter(self, nsenter: str) -> tuple[list[str], int]:
         """nsenter into every namespace of the container, its root and working directory, with the
-        environment its processes have (as `podman exec` gives them)."""
+        environment and umask of its first process (as `podman exec` gives them)."""
         pid = self._container_pid()
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
         except OSError as error:
             message = f"podman_exec: cannot read the environment of {self._container}: {error}"
             raise AnsibleConnectionFailure(message) from error
+        umask = re.search(r"^Umask:\s*([0-7]+)", status, re.M)
         env = [item.decode(errors="surrogateescape") for item in environ if b"=" in item]
-        return [nsenter, "--target", str(pid), "--all", "--root", "--wd", "--", "/usr/bin/env", "-i", *env]
+        command = [nsenter, "--target", str(pid), "--all", "--root", "--wd", "--", "/usr/bin/env", "-i", *env]
+        return command, int(umask[1], 8) if umask else 0o022
 
     def _podman_exec(self, argv: list[str], stdin: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
         assert self._podman is not None
-        command = [*self._enter, *argv] if self._enter else [self._podman, "exec", "-i", self._container, *argv]
+        if self._enter:
+            return subprocess.Popen(
+                [*self._enter, *argv], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=self._umask
+            )
+        command = [self._podman, "exec", "-i", self._container, *argv]
         return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
