@@ -109,8 +109,10 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._podman: str | None = None
         self._container = ""
-        # With nsenter: the command that enters the container (its environment included).
+        # With nsenter: the command that enters the container, and the environment and umask of
+        # the container's first process, which the command gets (as podman exec gives them).
         self._enter: list[str] | None = None
+        self._env: dict[bytes, bytes] = {}
         self._umask = 0o022
 
     def _connect(self) -> Connection:
@@ -126,7 +128,7 @@ class Connection(ConnectionBase):
                 raise AnsibleConnectionFailure("podman_exec: enter=nsenter needs root and nsenter")
             if enter != "podman" and nsenter is not None and os.geteuid() == 0:
                 try:
-                    self._enter, self._umask = self._nsenter(nsenter)
+                    self._enter, self._env, self._umask = self._nsenter(nsenter)
                 except AnsibleConnectionFailure as error:
                     if enter == "nsenter" or isinstance(error, NotRunning):
                         raise
@@ -185,26 +187,32 @@ class Connection(ConnectionBase):
                 display.vvv(f"podman_exec: not cached: {error}", host=self._container)
         return pid
 
-    def _nsenter(self, nsenter: str) -> tuple[list[str], int]:
-        """nsenter into every namespace of the container, its root and working directory, with the
-        environment and umask of its first process (as `podman exec` gives them)."""
+    def _nsenter(self, nsenter: str) -> tuple[list[str], dict[bytes, bytes], int]:
+        """nsenter into every namespace of the container, its root and working directory; the
+        environment and umask of its first process. The environment goes to the command as its
+        environment, never on its command line (where every local user could read it)."""
         pid = self._container_pid()
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError as error:
             message = f"podman_exec: cannot read the environment of {self._container}: {error}"
             raise AnsibleConnectionFailure(message) from error
         umask = re.search(r"^Umask:\s*([0-7]+)", status, re.M)
-        env = [item.decode(errors="surrogateescape") for item in environ if b"=" in item]
-        command = [nsenter, "--target", str(pid), "--all", "--root", "--wd", "--", "/usr/bin/env", "-i", *env]
-        return command, int(umask[1], 8) if umask else 0o022
+        env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+        command = [nsenter, "--target", str(pid), "--all", "--root", "--wd", "--"]
+        return command, env, int(umask[1], 8) if umask else 0o022
 
     def _podman_exec(self, argv: list[str], stdin: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
         assert self._podman is not None
         if self._enter:
             return subprocess.Popen(
-                [*self._enter, *argv], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=self._umask
+                [*self._enter, *argv],
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                umask=self._umask,
             )
         command = [self._podman, "exec", "-i", self._container, *argv]
         return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
