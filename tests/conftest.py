@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aside
 import psycopg2
 import pymysql
 import pytest
@@ -125,6 +126,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"this machine is still a killed run's fixture: {exc}") from exc
     if done:
         print(f"f2bsql tests: {done}")
+    # Then the installation such a run had set aside (tests/aside.py).
+    try:
+        done = aside.MACHINE.put_back(killed=True)
+    except aside.AsideError as exc:
+        raise pytest.UsageError(f"a killed run's set-aside installation could not be put back: {exc}") from exc
+    if done:
+        print(f"f2bsql tests: {done}")
+
+
+@pytest.fixture(scope="session")
+def installation_set_aside() -> Iterator[None]:
+    """An installation of f2bsql on this machine (the README's quick start makes one) set aside
+    while the machine lane provisions the machine, and put back after its last test (tests/aside.py)."""
+    if os.geteuid() != 0:
+        yield  # the machine-lane tests fail on their own: they provision as root
+        return
+    try:
+        done = aside.MACHINE.set_aside()
+    except aside.AsideError as exc:
+        pytest.fail(f"the installation on this machine could not be set aside: {exc}", pytrace=False)
+    if done:
+        print(f"f2bsql tests: {done}")
+    yield
+    try:
+        done = aside.MACHINE.put_back()
+    except aside.AsideError as exc:
+        pytest.fail(
+            f"the installation set aside could not be put back ({aside.MACHINE.state} keeps it): {exc}", pytrace=False
+        )
+    if done:
+        print(f"f2bsql tests: {done}")
+
+
+@pytest.fixture(autouse=True)
+def _machine_lane(request: pytest.FixtureRequest) -> None:
+    # Before any other fixture of the test (autouse comes first in its scope) provisions anything.
+    if _lane(request.node) == "machine":
+        request.getfixturevalue("installation_set_aside")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

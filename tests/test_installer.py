@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aside import require_bare_machine
 from testbed import FIXTURE_VARS, fixture_playbook, record_figure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -642,6 +643,7 @@ def iredmail_host(installed: Path, request: pytest.FixtureRequest) -> Iterator[P
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (scripts/setup-dev-machine installs it)")
     backend = request.param
+    require_bare_machine()  # before the finally below, which drops the machine's database
     try:
         molecule_playbook("prepare.yml", "-e", f"f2bsql_database_backend={backend}")
         yield installed

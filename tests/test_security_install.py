@@ -41,6 +41,7 @@ import psycopg2
 import psycopg2.sql
 import pymysql
 import pytest
+from aside import require_bare_machine
 from testbed import (
     MOLECULE_RESOURCES,
     REPO,
@@ -336,6 +337,7 @@ def crash_fail2ban() -> None:
 def iredmail_fixture(backend: str) -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.fail("the install tests provision this machine: run them as root")
+    require_bare_machine()  # before the finally below, which drops the machine's database
     try:
         playbook(MOLECULE_RESOURCES / "prepare.yml", backend)  # waits while another run holds the fixture
         yield
