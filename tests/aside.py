@@ -39,11 +39,12 @@ import pymysql
 if __package__ in (None, ""):  # run as a script: testbed is beside it
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testbed import Process
+from testbed import FIXTURE_LOCK, FIXTURE_VARS, Process, run_whole
 
 NAME = "fail2ban"  # database and user, as iRedMail's how-to names them
 MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 PG_OS_USER = "postgres"
+FIXTURE_STATE = Path(FIXTURE_VARS["f2bsql_molecule_state"])
 ANY_NAMED = "SELECT 1 FROM pg_database WHERE datname = :'name' UNION ALL SELECT 1 FROM pg_roles WHERE rolname = :'name'"
 
 
@@ -51,11 +52,25 @@ class AsideError(RuntimeError):
     """The installation could not be set aside or put back; the state directory says where it is."""
 
 
-def _run(argv: Sequence[str], stdin: str = "", timeout: int = 1800) -> str:
+def _failed(done: subprocess.CompletedProcess[str]) -> AsideError:
+    argv = done.args if isinstance(done.args, str) else " ".join(done.args)
+    return AsideError(f"{argv} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+
+
+def _run(argv: Sequence[str], stdin: str, timeout: int = 120) -> str:
     done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise AsideError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+        raise _failed(done)
     return done.stdout
+
+
+def _installer(*args: str) -> None:
+    """f2bsql-install of this checkout, killed with its ansible-playbook at the timeout."""
+    done = run_whole(
+        [sys.executable, "-m", "f2bsql", *args], 600, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/"
+    )
+    if done.returncode != 0:
+        raise _failed(done)
 
 
 @contextmanager
@@ -98,7 +113,7 @@ def _psql(sql: str, **names: str) -> list[list[str]] | None:
     argv = [*runas, "psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", "template1"]
     argv += [arg for name, value in names.items() for arg in ("-v", f"{name}={value}")]
     try:
-        out = _run(argv, sql, timeout=120)
+        out = _run(argv, sql)
     except AsideError:
         if subprocess.run([*argv, "-c", "SELECT 1"], capture_output=True, check=False).returncode != 0:
             return None
@@ -134,6 +149,7 @@ class Aside:
     name: str = "f2bsql_aside"
     config: Path = Path("/etc/fail2ban")
     mycnf: Path = Path("/root/.my.cnf-fail2ban")
+    spool: Path = Path("/var/spool/f2bsql")  # f2bsql_fail2ban_spool_dir; uninstall keeps it with events
 
     @property
     def overlay(self) -> Path:
@@ -161,7 +177,8 @@ class Aside:
 
     @staticmethod
     def _owner_alive(state: dict[str, Any]) -> bool:
-        return Process(*state["owner"]).alive()
+        # "manual": set aside by hand (`tests/aside.py set-aside`), put back only by hand.
+        return state["owner"] == "manual" or Process(*state["owner"]).alive()
 
     def found(self) -> list[str]:
         """What this machine holds of an installation (empty: nothing to set aside)."""
@@ -180,16 +197,18 @@ class Aside:
             what.append(f"role {NAME} on PostgreSQL")
         if self.mycnf.exists():
             what.append(f"the credential file {self.mycnf}")
-        home = _pg_home()
-        if (
-            home
-            and (home / ".pgpass").exists()
-            and any(map(_is_credential_line, (home / ".pgpass").read_text().splitlines()))
-        ):
-            what.append(f"a line of user {NAME} in {home}/.pgpass")
+        if self._pgpass_lines():
+            what.append(f"a line of user {NAME} in {PG_OS_USER}'s .pgpass")
         return what
 
-    # ----------------------------------------------------------------------- MariaDB
+    @staticmethod
+    def _pgpass_lines() -> list[str]:
+        home = _pg_home()
+        pgpass = home / ".pgpass" if home else None
+        lines = pgpass.read_text().splitlines(keepends=True) if pgpass and pgpass.exists() else []
+        return [line if line.endswith("\n") else line + "\n" for line in lines if _is_credential_line(line)]
+
+    # ----------------------------------------------------------------------- aside
 
     def _mysql_aside(self, state: dict[str, Any]) -> None:
         with _mysql() as cursor:
@@ -214,62 +233,41 @@ class Aside:
                     "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
                     " AND TABLE_TYPE <> 'BASE TABLE' "
                     "UNION ALL SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s "
-                    "UNION ALL SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
-                    NAME, NAME, NAME,
+                    "UNION ALL SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s "
+                    "UNION ALL SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
+                    NAME, NAME, NAME, NAME,
                 )  # fmt: skip
                 if others:
-                    raise AsideError(f"database {NAME} on MariaDB holds views, triggers or routines: {others}")
+                    raise AsideError(f"database {NAME} on MariaDB holds views, triggers, routines or events: {others}")
             # First what will move, then the move: a run killed in between is put back from it.
             state["mysql"] = {"hosts": hosts, "schema": list(schema[0]) if schema else None}
             self._save(state)
             if schema:
-                cursor.execute(
-                    f"CREATE DATABASE {_ident(self.name)} CHARACTER SET {schema[0][0]} COLLATE {schema[0][1]}"
-                )
-                self._move_tables(cursor, NAME, self.name)
-                cursor.execute(f"DROP DATABASE {_ident(NAME)}")
+                self._move_database(cursor, state["mysql"]["schema"], NAME, self.name)
             for host in hosts:
                 cursor.execute("RENAME USER %s@%s TO %s@%s", (NAME, host, self.name, host))
 
     @staticmethod
-    def _move_tables(cursor: Any, source: str, target: str) -> None:
+    def _move_database(cursor: Any, schema: list[str], source: str, target: str) -> None:
+        """Database `source` becomes `target`: created (with the same character set), its tables
+        renamed into it in one statement (all of them move, or none), `source` dropped. Where a
+        killed run left `target` already, with or without the tables, this finishes the move."""
+        charset, collation = schema
+        cursor.execute(f"CREATE DATABASE IF NOT EXISTS {_ident(target)} CHARACTER SET {charset} COLLATE {collation}")
         tables = [
             row[0]
             for row in _rows(cursor, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", source)
         ]
-        if tables:  # one statement: all of them move, or none (names from the server's own catalog)
+        if tables:  # names from the server's own catalog
             pairs = (f"{_ident(source)}.{_ident(t)} TO {_ident(target)}.{_ident(t)}" for t in tables)
             cursor.execute(f"RENAME TABLE {', '.join(pairs)}")
-
-    def _mysql_back(self, moved: dict[str, Any]) -> None:
-        # Object by object, so that a run killed halfway through the move is put back too.
-        with _mysql() as cursor:
-            if cursor is None:
-                raise AsideError("MariaDB does not answer")
-            if moved["schema"] and _rows(
-                cursor, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", self.name
-            ):
-                if _rows(cursor, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", NAME):
-                    raise AsideError(f"MariaDB holds a database {NAME} with tables again (a test's fixture left?)")
-                charset, collation = moved["schema"]
-                cursor.execute(
-                    f"CREATE DATABASE IF NOT EXISTS {_ident(NAME)} CHARACTER SET {charset} COLLATE {collation}"
-                )
-                self._move_tables(cursor, self.name, NAME)
-                cursor.execute(f"DROP DATABASE {_ident(self.name)}")
-            aside = {row[0] for row in _rows(cursor, "SELECT Host FROM mysql.user WHERE User = %s", self.name)}
-            named = {row[0] for row in _rows(cursor, "SELECT Host FROM mysql.user WHERE User = %s", NAME)}
-            for host in moved["hosts"]:
-                if host in aside and host in named:
-                    raise AsideError(f"MariaDB holds a user {NAME}@{host} again (a test's fixture left?)")
-                if host in aside:
-                    cursor.execute("RENAME USER %s@%s TO %s@%s", (self.name, host, NAME, host))
-
-    # ----------------------------------------------------------------------- PostgreSQL
+        cursor.execute(f"DROP DATABASE IF EXISTS {_ident(source)}")
 
     def _pgsql_aside(self, state: dict[str, Any]) -> None:
         database = bool(_psql("SELECT 1 FROM pg_database WHERE datname = :'name'", name=NAME))
-        role = _psql("SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = :'name'", name=NAME)
+        role = _psql(
+            "SELECT coalesce(rolpassword LIKE 'md5%', false) FROM pg_authid WHERE rolname = :'name'", name=NAME
+        )
         if not database and not role:
             return
         if _psql(ANY_NAMED, name=self.name):
@@ -281,15 +279,12 @@ class Aside:
         self._save(state)
         self._pg_rename(state["pgsql"], NAME, self.name)
 
-    def _pg_rename(self, moved: dict[str, Any], source: str, target: str) -> None:
-        if _psql("SELECT 1") is None:
-            raise AsideError("PostgreSQL does not answer")
+    @staticmethod
+    def _pg_rename(moved: dict[str, Any], source: str, target: str) -> None:
         statements = []
         for kind, catalog, column in (("database", "pg_database", "datname"), ("role", "pg_roles", "rolname")):
             exists = f"SELECT 1 FROM {catalog} WHERE {column} = :'name'"  # noqa: S608 - constant names
             if moved[kind] and _psql(exists, name=source):
-                if _psql(exists, name=target):
-                    raise AsideError(f"PostgreSQL holds a {kind} {target} already (a test's fixture left?)")
                 if kind == "database":  # no session may be open in it: the helper's cron run, a panel
                     statements.append(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'source';"
@@ -298,80 +293,136 @@ class Aside:
         if statements:
             _psql("\n".join(statements), source=source, target=target)
 
-    # ----------------------------------------------------------------------- credentials
-
     def _files_aside(self, state: dict[str, Any]) -> None:
-        home = _pg_home()
-        pgpass = home / ".pgpass" if home else None
-        lines = pgpass.read_text().splitlines(keepends=True) if pgpass and pgpass.exists() else []
-        ours = [line for line in lines if _is_credential_line(line)]
-        state["files"] = {"mycnf": self.mycnf.exists(), "pgpass": bool(ours)}
+        ours = self._pgpass_lines()
+        state["files"] = {"mycnf": self.mycnf.exists(), "pgpass": bool(ours), "spool": self.spool.exists()}
         self._save(state)
         if self.mycnf.exists():
             shutil.move(self.mycnf, self.state / self.mycnf.name)
-        if pgpass and ours:
-            _write_private(
-                self.state / "pgpass", "".join(line if line.endswith("\n") else line + "\n" for line in ours)
-            )
-            pgpass.write_text("".join(line for line in lines if line not in ours))  # keeps its owner and mode
-
-    def _files_back(self, moved: dict[str, Any]) -> None:
-        if moved["mycnf"] and (self.state / self.mycnf.name).exists():
-            if self.mycnf.exists():
-                raise AsideError(f"{self.mycnf} exists again (a test's fixture left?)")
-            shutil.move(self.state / self.mycnf.name, self.mycnf)
-        saved, home = self.state / "pgpass", _pg_home()
-        if moved["pgpass"] and saved.exists() and home:
+        if self.spool.exists():  # events the uninstall kept: the fixture's install would replay them
+            shutil.move(self.spool, self.state / "spool")
+        home = _pg_home()
+        if ours and home:
+            _write_private(self.state / "pgpass", "".join(ours))
             pgpass = home / ".pgpass"
-            kept = pgpass.read_text() if pgpass.exists() else ""
-            if any(map(_is_credential_line, kept.splitlines())):
-                raise AsideError(f"{pgpass} holds a line of user {NAME} again (a test's fixture left?)")
-            _write_private(pgpass, kept + ("\n" if kept and not kept.endswith("\n") else "") + saved.read_text())
-            os.chown(pgpass, home.stat().st_uid, home.stat().st_gid)
+            kept = [line for line in pgpass.read_text().splitlines(keepends=True) if not _is_credential_line(line)]
+            pgpass.write_text("".join(kept))  # keeps its owner and mode
+
+    # ----------------------------------------------------------------------- back
+
+    def _in_the_way(self, state: dict[str, Any]) -> list[str]:
+        """What stands where the installation goes back: then nothing moves."""
+        problems = []
+        if FIXTURE_LOCK.exists() or FIXTURE_STATE.exists():
+            problems.append(f"a test's fixture is still on this machine ({FIXTURE_LOCK}, {FIXTURE_STATE})")
+        if "mysql" in state:
+            with _mysql() as cursor:
+                if cursor is None:
+                    problems.append("MariaDB does not answer")
+                else:
+                    tables = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+                    if _rows(cursor, tables, self.name) and _rows(cursor, tables, NAME):
+                        problems.append(f"MariaDB holds a database {NAME} with tables again")
+                    users = "SELECT Host FROM mysql.user WHERE User = %s"
+                    both = {row[0] for row in _rows(cursor, users, self.name)} & {
+                        row[0] for row in _rows(cursor, users, NAME)
+                    }
+                    problems += [f"MariaDB holds a user {NAME}@{host} again" for host in sorted(both)]
+        if "pgsql" in state:
+            if _psql("SELECT 1") is None:
+                problems.append("PostgreSQL does not answer")
+            for kind, catalog, column in (("database", "pg_database", "datname"), ("role", "pg_roles", "rolname")):
+                exists = f"SELECT 1 FROM {catalog} WHERE {column} = :'name'"  # noqa: S608 - constant names
+                if state["pgsql"][kind] and _psql(exists, name=self.name) and _psql(exists, name=NAME):
+                    problems.append(f"PostgreSQL holds a {kind} {NAME} again")
+        if (self.state / self.mycnf.name).exists() and self.mycnf.exists():
+            problems.append(f"{self.mycnf} exists again")
+        saved = self.state / "pgpass"
+        if saved.exists() and set(self._pgpass_lines()) - set(saved.read_text().splitlines(keepends=True)):
+            problems.append(f"{PG_OS_USER}'s .pgpass holds another line of user {NAME}")
+        if (self.state / "spool").exists() and self.spool.exists() and any(p.is_file() for p in self.spool.rglob("*")):
+            problems.append(f"{self.spool} holds events again")
+        return problems
+
+    def _files_back(self) -> None:
+        if (self.state / self.mycnf.name).exists():
+            shutil.move(self.state / self.mycnf.name, self.mycnf)
+        if (self.state / "spool").exists():
+            if self.spool.exists():
+                shutil.rmtree(self.spool)  # without a file: _in_the_way said so
+            shutil.move(self.state / "spool", self.spool)
+        saved, home = self.state / "pgpass", _pg_home()
+        if saved.exists() and home:
+            missing = [line for line in saved.read_text().splitlines(keepends=True) if line not in self._pgpass_lines()]
+            if missing:  # (a run killed while moving them out may have left them in place)
+                pgpass = home / ".pgpass"
+                kept = pgpass.read_text() if pgpass.exists() else ""
+                _write_private(pgpass, kept + ("\n" if kept and not kept.endswith("\n") else "") + "".join(missing))
+                os.chown(pgpass, home.stat().st_uid, home.stat().st_gid)
             saved.unlink()
 
     # ----------------------------------------------------------------------- the two steps
 
-    def set_aside(self) -> str | None:
-        """Set aside what this machine holds of an installation, for this process. Returns what
-        it did, or None when there was nothing (or another live run has it aside)."""
+    def set_aside(self, *, manual: bool = False) -> str | None:
+        """Set aside what this machine holds of an installation, for this process (or, with
+        `manual`, until put back by hand). Returns what it did, or None when there was nothing to
+        do: nothing here, or it is aside already for a live run or by hand. What a killed run set
+        aside is put back first, then set aside again. Should a step fail, what moved goes back."""
         state = self.load()
         if state is not None:
             if self._owner_alive(state):
-                return None  # aside already, by a run that puts it back when it ends
-            state["owner"] = self._me()  # a killed run's: adopted, put back at this run's end
-            self._save(state)
-            return "adopted the installation a killed run had set aside"
+                return None
+            self.put_back(killed=True)
         what = self.found()
         if not what:
             return None
         installed = self.overlay.exists()
         jails = re.findall(r"(?m)^\[([^\]\s]+)\]", self.overlay.read_text()) if installed else []
-        state = {"owner": self._me(), "installed": installed, "jails": jails}
+        state = {"owner": "manual" if manual else self._me(), "installed": installed, "jails": jails}
         self._save(state)
-        if installed:
-            _run([sys.executable, "-m", "f2bsql", "--uninstall", "--yes"])
-        self._mysql_aside(state)
-        self._pgsql_aside(state)
-        self._files_aside(state)
+        try:
+            if installed:
+                _installer("--uninstall", "--yes")
+            self._mysql_aside(state)
+            self._pgsql_aside(state)
+            self._files_aside(state)
+        except BaseException as exc:
+            try:
+                self._put_back(state)
+            except Exception as undo:  # both are reported
+                raise AsideError(f"{exc}\nand putting back what had moved failed too: {undo}") from exc
+            raise
         return f"set aside {', '.join(what)}"
 
-    def put_back(self, *, killed: bool = False) -> str | None:
-        """Put back what set_aside() moved: this process's, or with `killed` a dead process's."""
+    def put_back(self, *, killed: bool = False, manual: bool = False) -> str | None:
+        """Put back what set_aside() moved: this process's; with `killed`, a dead process's; with
+        `manual`, also one set aside by hand. None when there is none of those."""
         state = self.load()
         if state is None:
             return None
-        if state["owner"] != self._me() and not (killed and not self._owner_alive(state)):
+        mine = state["owner"] == self._me()
+        if not (mine or (killed and not self._owner_alive(state)) or (manual and state["owner"] == "manual")):
             return None
+        return self._put_back(state)
+
+    def _put_back(self, state: dict[str, Any]) -> str:
+        problems = self._in_the_way(state)
+        if problems:
+            raise AsideError(f"{'; '.join(problems)}: the installation stays aside in {self.state}")
         if "mysql" in state:
-            self._mysql_back(state["mysql"])
+            with _mysql() as cursor:
+                if state["mysql"]["schema"] and _rows(
+                    cursor, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", self.name
+                ):
+                    self._move_database(cursor, state["mysql"]["schema"], self.name, NAME)
+                for (host,) in _rows(cursor, "SELECT Host FROM mysql.user WHERE User = %s", self.name):
+                    if host in state["mysql"]["hosts"]:
+                        cursor.execute("RENAME USER %s@%s TO %s@%s", (self.name, host, NAME, host))
         if "pgsql" in state:
             self._pg_rename(state["pgsql"], self.name, NAME)
-        if "files" in state:
-            self._files_back(state["files"])
+        self._files_back()
         if state["installed"]:
-            jails = ("--jails", ",".join(state["jails"])) if state["jails"] else ()
-            _run([sys.executable, "-m", "f2bsql", "--yes", *jails])
+            _installer("--yes", *(("--jails", ",".join(state["jails"])) if state["jails"] else ()))
         shutil.rmtree(self.state)
         return f"put back the installation set aside (jails: {', '.join(state['jails']) or 'none'})"
 
@@ -392,7 +443,9 @@ if __name__ == "__main__":
     if command == "status":
         state = MACHINE.load()
         print(json.dumps(state, indent=2) if state else f"nothing aside; found here: {MACHINE.found() or 'nothing'}")
+    elif command == "set-aside":  # for Molecule's localhost scenarios by hand
+        print(MACHINE.set_aside(manual=True) or "nothing to set aside, or it is aside already")
     elif command == "put-back":
-        print(MACHINE.put_back(killed=True) or "nothing aside, or the run that set it aside is alive")
+        print(MACHINE.put_back(killed=True, manual=True) or "nothing aside, or the run that set it aside is alive")
     else:
-        sys.exit(f"usage: {sys.argv[0]} status|put-back")
+        sys.exit(f"usage: {sys.argv[0]} status|set-aside|put-back")

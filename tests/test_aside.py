@@ -97,19 +97,31 @@ def machine(tmp_path: Path) -> Iterator[Aside]:
         out.write(PGPASS_LINE)
     os.chown(pgpass, home.stat().st_uid, home.stat().st_gid)
     pgpass.chmod(0o600)
+    (tmp_path / "spool" / "rejected").mkdir(parents=True)
+    (tmp_path / "spool" / "1765000000.000001-ban.json").write_text('{"ip": "192.0.2.3"}\n')
     mycnf = tmp_path / "my.cnf-fail2ban"
     mycnf.write_text("[client]\nuser=fail2ban\npassword=pw-of-the-test\n")
     mycnf.chmod(0o600)
     try:
-        yield Aside(state=tmp_path / "aside", name=TEST_NAME, config=tmp_path / "etc-fail2ban", mycnf=mycnf)
+        yield Aside(
+            state=tmp_path / "aside",
+            name=TEST_NAME,
+            config=tmp_path / "etc-fail2ban",
+            mycnf=mycnf,
+            spool=tmp_path / "spool",
+        )
     finally:
         drop_all()
         if pgpass_before is None:
             pgpass.unlink(missing_ok=True)
 
 
+def spooled(machine: Aside) -> list[str]:
+    return sorted(str(path.relative_to(machine.spool)) for path in machine.spool.rglob("*"))
+
+
 def test_set_aside_and_put_back_lose_nothing(machine: Aside) -> None:
-    before = (mysql_snapshot(), pgsql_snapshot(), pg_rows(), machine.mycnf.read_text())
+    before = (mysql_snapshot(), pgsql_snapshot(), pg_rows(), machine.mycnf.read_text(), spooled(machine))
     assert before[0]["rows"] == [tuple(row) for row in sorted(ROWS)] and before[2] == ["192.0.2.1", "2001:db8::1"]
 
     done = machine.set_aside()
@@ -124,8 +136,9 @@ def test_set_aside_and_put_back_lose_nothing(machine: Aside) -> None:
     assert machine.state.stat().st_mode & 0o777 == 0o700
     assert machine.set_aside() is None, "a second call of the same run moves nothing"
 
+    assert not machine.spool.exists(), "the events the uninstall kept are aside too"
     assert machine.put_back() is not None
-    assert (mysql_snapshot(), pgsql_snapshot(), pg_rows(), machine.mycnf.read_text()) == before
+    assert (mysql_snapshot(), pgsql_snapshot(), pg_rows(), machine.mycnf.read_text(), spooled(machine)) == before
     assert (_pg_home() / ".pgpass").read_text().count(PGPASS_LINE) == 1
     assert not machine.state.exists()
 
@@ -149,10 +162,28 @@ def test_nothing_is_put_back_over_a_database_the_tests_left(machine: Aside) -> N
     with _mysql() as cursor:  # what a fixture whose cleanup failed leaves
         cursor.execute(f"CREATE DATABASE `{NAME}`")
         cursor.execute(f"CREATE TABLE `{NAME}`.leftover (x INT)")
-    with pytest.raises(AsideError, match="holds a database fail2ban with tables again"):
+    with pytest.raises(AsideError, match=r"holds a database fail2ban with tables again.*stays aside"):
         machine.put_back()
     assert (machine.state / "state.json").exists(), "the state stays: the installation is still aside"
+    assert machine.found() == [f"database {NAME} on MariaDB"], "and nothing of it moved back"
     with _mysql() as cursor:
         cursor.execute(f"DROP DATABASE `{NAME}`")
     assert machine.put_back() is not None
     assert mysql_snapshot() == before
+
+
+def test_a_run_killed_halfway_through_the_move_is_put_back(machine: Aside) -> None:
+    """Killed after MariaDB's aside database was created, before the tables moved into it."""
+    before = mysql_snapshot()
+    with _mysql() as cursor:
+        cursor.execute(f"CREATE DATABASE `{TEST_NAME}`")
+    state = {"owner": "manual", "installed": False, "jails": [], "mysql": {"hosts": ["localhost", "127.0.0.1"],
+             "schema": ["utf8mb4", "utf8mb4_unicode_ci"]}}  # fmt: skip
+    machine.state.mkdir(mode=0o700)
+    (machine.state / "state.json").write_text(json.dumps(state))
+
+    assert machine.put_back(killed=True) is None, "set aside by hand: only put back by hand"
+    assert machine.put_back(killed=True, manual=True) is not None
+    assert mysql_snapshot() == before
+    with _mysql() as cursor:
+        assert _rows(cursor, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", TEST_NAME) == []
