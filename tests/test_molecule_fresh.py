@@ -138,6 +138,25 @@ def run_scenario(scenario: str, tmp_path: Path, **extra_env: str) -> tuple[str, 
     return output, elapsed
 
 
+def test_the_fleets_prepared_images_hold_what_its_prepare_step_installs() -> None:
+    """scripts/build-images' prepared images and molecule/fleet/prepare.yml name the same packages
+    (a package only prepare.yml names would be installed on every run, unseen)."""
+    script = (REPO / "scripts" / "build-images").read_text()
+    images = dict(re.findall(r'\[(debian12-[a-z-]+)\]="debian12 ([^"]+)"', script))
+    plays = yaml.safe_load((REPO / "molecule" / "fleet" / "prepare.yml").read_text())
+    db, mail = (play["vars"]["fleet_packages"] for play in plays[:2])
+    assert {name: packages.split() for name, packages in images.items()} == {
+        "debian12-mail": mail,
+        "debian12-db-mysql": db["mysql"],
+        "debian12-db-pgsql": db["pgsql"],
+    }
+    platforms = yaml.safe_load((REPO / "molecule" / "fleet" / "molecule.yml").read_text())["platforms"]
+    assert {platform["build_image"].replace("${F2BSQL_FLEET_BACKEND:-mysql}", "mysql") for platform in platforms} == {
+        "debian12-mail",
+        "debian12-db-mysql",
+    }
+
+
 @pytest.mark.slow
 def test_molecule_fresh(images: dict[str, float], tmp_path: Path) -> None:
     """`molecule test -s fresh` passes on every platform: check, converge, idempotence, verify."""
