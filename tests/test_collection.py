@@ -138,6 +138,6 @@ def test_a_playbook_outside_the_repository_uses_its_roles_and_playbooks_by_fqcn(
     # The collection's playbooks name its roles by FQCN (scripts/build-collection rewrites the
     # tree's ../roles/<name> paths), so no roles_path entry can stand in for them; and the
     # operator's role by its FQCN.
-    assert f"{FQCN}.f2bsql_fail2ban : Log in with them" in listed
+    assert f"{FQCN}.f2bsql_fail2ban : Log in to the database as the helper will" in listed
     assert "../roles/" not in listed
     assert f"{FQCN}.f2bsql_database : Validating arguments against arg spec 'main'" in listed

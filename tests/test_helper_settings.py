@@ -6,6 +6,7 @@ temporary directory: the real /root and PostgreSQL home are shared with the rest
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from types import ModuleType
 
@@ -90,3 +91,19 @@ def test_the_shared_bans_keys_are_read_and_checked(helper_module: ModuleType, tm
         write_private(config, mycnf("fail2ban") + f"[f2bsql]\n{bad}\n")
         with pytest.raises(helper_module.ConfigError, match=message):
             helper_module.load_settings(str(config), None)
+
+
+def test_settings_on_standard_input_are_read_as_a_file_is(
+    helper_module: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--config -`: the roles' login check gives the settings about to be written this way.
+    write_private(tmp_path / "root/.my.cnf-fail2ban", mycnf("someone-else"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(mycnf("fail2ban") + "!includedir /etc/mysql/conf.d/\n"))
+    settings = helper_module.load_settings("-", None)
+    assert (settings.backend, settings.user, settings.password, settings.port) == ("mysql", "fail2ban", "p:w", 3306)
+    monkeypatch.setattr("sys.stdin", io.StringIO(mycnf("fail2ban") + "[f2bsql]\nbackend = oracle\n"))
+    with pytest.raises(helper_module.ConfigError, match=r"^the settings on standard input: backend must be"):
+        helper_module.load_settings("-", None)
+    # A file named "-" elsewhere is still a file (only the bare "-" means standard input).
+    write_private(tmp_path / "-", mycnf("from-a-file"))
+    assert helper_module.load_settings(str(tmp_path / "-"), None).user == "from-a-file"

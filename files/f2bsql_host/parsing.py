@@ -58,7 +58,9 @@ class Parser(argparse.ArgumentParser):
 def parsers(program: str, description: str, hostname_help: str) -> tuple[Parser, Any]:
     """The parser with the options both command lines have, and its subcommands to add to."""
     parser = Parser(prog=program, description=description)
-    parser.add_argument("--config", help="settings file (default: $F2BSQL_CONFIG, then the helper's usual places)")
+    parser.add_argument(
+        "--config", help="settings file, - for standard input (default: $F2BSQL_CONFIG, then the helper's usual places)"
+    )
     parser.add_argument("--hostname", help=hostname_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)

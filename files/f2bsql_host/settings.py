@@ -7,6 +7,7 @@ PostgreSQL home), or in the file --config / $F2BSQL_CONFIG names (docs/helper.md
 from __future__ import annotations
 
 import os
+import sys
 from _socket import gethostname  # socket.py's enums cost a `ban` process more than its statement
 
 from .checks import InvalidValue, check_hostname, check_jail
@@ -85,16 +86,25 @@ def _unquote(value: str) -> str:
     return value
 
 
+#: --config's name for settings read from standard input: a password never in argv, nor in a file
+#: (Ansible's login check before the credential file is written, f2bsql_fail2ban's tasks/main.yml).
+STDIN = "-"
+
+
 def _read_ini(path: str) -> Sections:
     try:
-        with open(path, encoding="utf-8") as handle:
-            # MySQL option files may carry !include lines, which configparser cannot read: empty
-            # lines in their place, so that the line numbers of a message stay the file's.
-            text = "".join("\n" if line.lstrip().startswith("!") else line for line in handle)
+        if path == STDIN:
+            lines = sys.stdin.readlines()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.readlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {_name(path)}: {exc}") from None
+    # MySQL option files may carry !include lines, which configparser cannot read: empty lines
+    # in their place, so that the line numbers of a message stay the file's.
+    text = "".join("\n" if line.lstrip().startswith("!") else line for line in lines)
     sections = plain_ini(text)
-    return sections if sections is not None else _configparser_ini(text, path)
+    return sections if sections is not None else _configparser_ini(text, _name(path))
 
 
 def plain_ini(text: str) -> Sections | None:
@@ -159,6 +169,7 @@ def _port(value: str, source: str) -> int:
 
 def settings_from_ini(path: str) -> Settings:
     sections = _read_ini(path)
+    path = _name(path)
     settings = Settings(path)
     backend = _ini_value(sections, "f2bsql", "backend")
     if backend:
@@ -294,10 +305,14 @@ def settings_from_pgpass(path: str) -> Settings:
     return settings
 
 
+def _name(path: str) -> str:
+    return "the settings on standard input" if path == STDIN else path
+
+
 def load_settings(config: str | None, hostname: str | None) -> Settings:
     config = config or os.environ.get("F2BSQL_CONFIG") or None
     if config:
-        if not os.path.isfile(config):
+        if config != STDIN and not os.path.isfile(config):
             raise ConfigError(f"config file {config} does not exist")
         settings = settings_from_ini(config)
     else:
