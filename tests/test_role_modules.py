@@ -8,6 +8,9 @@ that this makes possible is checked on the machine by test_security_install.py.
 f2bsql_files, which installs the host package in one call: new and changed files written with
 their mode, the same files left alone, check mode writing nothing, a file the package no longer
 has removed (only regular files), and names that are not plain file names refused.
+
+f2bsql_settings_keys, which sets iRedAdmin-Pro's keys in one call: each line as lineinfile would
+make it, check mode writing nothing, the password in neither the result nor the diff.
 """
 
 from __future__ import annotations
@@ -201,3 +204,64 @@ def test_the_fleet_jail_keeps_the_hosts_ignoreip_as_a_value_not_a_reference(tmp_
         shutil.copy("/etc/fail2ban/fail2ban.conf", config / "fail2ban.conf")
         found = read_jails(config, ignoreip_of="f2bsql-fleet")
         assert (found["ignoreip"], found["enabled"]) == (expected, ["one"]), (name, found)
+
+
+SETTINGS_MODULE = REPO / "roles" / "f2bsql_iredadmin" / "library" / "f2bsql_settings_keys.py"
+
+
+def test_settings_keys_set_as_lineinfile_would_in_one_write(tmp_path: Path) -> None:
+    """Each key: its last line replaced, else appended (after a newline the file lacked); null
+    removes every line of it; other lines, owner and mode stay; the password never shows."""
+    settings = tmp_path / "settings.py"
+    original = (
+        "# iRedAdmin-Pro\nfail2ban_enabled = False\nfail2ban_db_host = 'old'\nfail2ban_enabled = False\n"
+        "fail2ban_db_password = 'old-secret'\nfail2ban_db_portal = 1\nlast = 'é'"
+    )
+    settings.write_text(original, encoding="utf-8")
+    settings.chmod(0o640)
+    args = {
+        "path": str(settings),
+        "lines": {"fail2ban_enabled": "fail2ban_enabled = True", "fail2ban_db_port": "fail2ban_db_port = '3306'",
+                  "fail2ban_db_host": None},
+        "secret_lines": {"fail2ban_db_password": "fail2ban_db_password = 'n3w-secret'"},
+        "_ansible_diff": True,
+    }  # fmt: skip
+    expected = (
+        "# iRedAdmin-Pro\nfail2ban_enabled = False\nfail2ban_enabled = True\n"
+        "fail2ban_db_password = 'n3w-secret'\nfail2ban_db_portal = 1\nlast = 'é'\nfail2ban_db_port = '3306'\n"
+    )
+
+    checked = run_module(SETTINGS_MODULE, tmp_path, check_mode=True, **args)
+    assert (checked["changed"], checked["changed_keys"]) == (
+        True,
+        ["fail2ban_db_host", "fail2ban_db_password", "fail2ban_db_port", "fail2ban_enabled"],
+    )
+    assert settings.read_text(encoding="utf-8") == original, "check mode wrote"
+    assert "old-secret" not in json.dumps(checked) and "n3w-secret" not in json.dumps(checked)
+    assert checked["diff"]["after"] == (
+        "fail2ban_db_password = ******** (changed)\nfail2ban_db_port = '3306'\n"
+        "fail2ban_enabled = False\nfail2ban_enabled = True\n"
+    )
+
+    done = run_module(SETTINGS_MODULE, tmp_path, **args)
+    assert done["changed"] is True and "n3w-secret" not in json.dumps(done)
+    assert settings.read_text(encoding="utf-8") == expected
+    assert settings.stat().st_mode & 0o777 == 0o640
+    again = run_module(SETTINGS_MODULE, tmp_path, **args)
+    assert (again["changed"], again["changed_keys"]) == (False, [])
+    assert settings.read_text(encoding="utf-8") == expected
+
+
+def test_settings_keys_refuses_lines_that_do_not_set_their_key(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.py"
+    settings.write_text("a = 1\n")
+    for lines, message in (
+        ({"fail2ban_enabled": "other = True"}, "does not set it"),
+        ({"fail2ban_enabled": "fail2ban_enabled = True\nx = 1"}, "not one line"),
+        ({"bad key": "bad key = 1"}, "not a Python name"),
+    ):
+        result = run_module(SETTINGS_MODULE, tmp_path, path=str(settings), lines=lines)
+        assert result["failed"] is True and message in result["msg"], result
+    assert settings.read_text() == "a = 1\n"
+    missing = run_module(SETTINGS_MODULE, tmp_path, path=str(tmp_path / "none.py"), lines={"a": "a = 2"})
+    assert missing["failed"] is True and missing["msg"].endswith("none.py does not exist")
