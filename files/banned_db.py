@@ -94,6 +94,9 @@ class BannedDbAction(ActionBase):  # type: ignore[misc]
         jail_name = checks.check_jail(self._jail.name)
         ports = checks.check_ports(port)
         protocols = checks.check_protocol(protocol)
+        if config == host["settings"].STDIN:
+            # fail2ban-server's standard input is no settings file (the helper's --config - is).
+            raise host["report"].ConfigError("config = - names no file: give the settings file's path")
         settings = host["settings"].load_settings(config, hostname)
         runner = host["runner"].Runner(settings, retry_after_failure=float(retry), in_process=True)
         with self._lock:

@@ -7,11 +7,12 @@ temporary directory: the real /root and PostgreSQL home are shared with the rest
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from testbed import host_module, write_private
+from testbed import REPO, host_module, write_private
 
 
 @pytest.fixture
@@ -98,12 +99,49 @@ def test_settings_on_standard_input_are_read_as_a_file_is(
 ) -> None:
     # `--config -`: the roles' login check gives the settings about to be written this way.
     write_private(tmp_path / "root/.my.cnf-fail2ban", mycnf("someone-else"))
-    monkeypatch.setattr("sys.stdin", io.StringIO(mycnf("fail2ban") + "!includedir /etc/mysql/conf.d/\n"))
+    monkeypatch.setattr("sys.stdin", stdin(mycnf("fail2ban") + "!includedir /etc/mysql/conf.d/\n"))
     settings = helper_module.load_settings("-", None)
     assert (settings.backend, settings.user, settings.password, settings.port) == ("mysql", "fail2ban", "p:w", 3306)
-    monkeypatch.setattr("sys.stdin", io.StringIO(mycnf("fail2ban") + "[f2bsql]\nbackend = oracle\n"))
+    monkeypatch.setattr("sys.stdin", stdin(mycnf("fail2ban") + "[f2bsql]\nbackend = oracle\n"))
     with pytest.raises(helper_module.ConfigError, match=r"^the settings on standard input: backend must be"):
         helper_module.load_settings("-", None)
-    # A file named "-" elsewhere is still a file (only the bare "-" means standard input).
+    # Read as UTF-8 whatever the locale's encoding (the file is).
+    monkeypatch.setattr("sys.stdin", stdin(mycnf("fail2ban").replace("p:w", "pä:w"), encoding="latin-1"))
+    assert helper_module.load_settings("-", None).password == "pä:w"
+    # A file named "-" elsewhere is still a file (only the bare "-" means standard input), and
+    # F2BSQL_CONFIG=- is refused: fail2ban's actions have no settings on their standard input.
     write_private(tmp_path / "-", mycnf("from-a-file"))
     assert helper_module.load_settings(str(tmp_path / "-"), None).user == "from-a-file"
+    monkeypatch.setenv("F2BSQL_CONFIG", "-")
+    with pytest.raises(helper_module.ConfigError, match="only --config - reads"):
+        helper_module.load_settings(None, None)
+
+
+def stdin(text: str, encoding: str = "utf-8") -> io.TextIOWrapper:
+    """A standard input of UTF-8 bytes, read through a text layer of the given encoding."""
+    return io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding=encoding)
+
+
+def test_the_python_action_refuses_config_dash() -> None:
+    """fail2ban-server's standard input holds no settings: the action's `config = -` is refused
+    with the reason, on the python fail2ban runs on (which imports fail2ban)."""
+    loaded = subprocess.run(
+        ["/usr/bin/python3", "-c", ACTION_WITH_CONFIG_DASH, str(REPO / "files")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "ConfigError: config = - names no file: give the settings file's path"
+
+
+ACTION_WITH_CONFIG_DASH = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("banned_db", sys.argv[1] + "/banned_db.py")
+action = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(action)
+class Jail:
+    name = "sshd"
+try:
+    action.BannedDbAction(Jail(), "banned_db", lib=sys.argv[1], config="-")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""

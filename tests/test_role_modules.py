@@ -251,6 +251,15 @@ def test_settings_keys_set_as_lineinfile_would_in_one_write(tmp_path: Path) -> N
     assert (again["changed"], again["changed_keys"]) == (False, [])
     assert settings.read_text(encoding="utf-8") == expected
 
+    # A link is followed (as lineinfile does): its target rewritten, the link left a link, and no
+    # temporary file (it held the password) left beside it.
+    link = tmp_path / "link.py"
+    link.symlink_to(settings)
+    undone = run_module(SETTINGS_MODULE, tmp_path, path=str(link), lines={"fail2ban_db_port": None})
+    assert (undone["changed"], link.is_symlink()) == (True, True)
+    assert "fail2ban_db_port = " not in settings.read_text(encoding="utf-8")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["args.json", "link.py", "settings.py"]
+
 
 def test_settings_keys_refuses_lines_that_do_not_set_their_key(tmp_path: Path) -> None:
     settings = tmp_path / "settings.py"

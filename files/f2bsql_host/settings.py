@@ -94,7 +94,8 @@ STDIN = "-"
 def _read_ini(path: str) -> Sections:
     try:
         if path == STDIN:
-            lines = sys.stdin.readlines()
+            # UTF-8 as a file is read, whatever the locale of the session that runs the helper.
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines(keepends=True)
         else:
             with open(path, encoding="utf-8") as handle:
                 lines = handle.readlines()
@@ -310,6 +311,9 @@ def _name(path: str) -> str:
 
 
 def load_settings(config: str | None, hostname: str | None) -> Settings:
+    if not config and os.environ.get("F2BSQL_CONFIG") == STDIN:
+        # Only the command line's --config - means standard input (fail2ban's actions have none).
+        raise ConfigError("F2BSQL_CONFIG names no file: only --config - reads the settings from standard input")
     config = config or os.environ.get("F2BSQL_CONFIG") or None
     if config:
         if config != STDIN and not os.path.isfile(config):

@@ -111,6 +111,8 @@ def main():
             module.fail_json(msg="the line of %s does not set it (%s = ...)" % (key, key))
     if not os.path.isfile(path):
         module.fail_json(msg="%s does not exist" % path)
+    # A link is followed, as lineinfile does: the file it names is the one rewritten.
+    path = os.path.realpath(path)
 
     # Lines end at "\n" only, as lineinfile reads them; bytes that are not UTF-8 go back as they were.
     with open(path, "rb") as handle:
@@ -133,6 +135,8 @@ def main():
         )
     if changed_keys and not module.check_mode:
         handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".f2bsql-")
+        # It holds the password: removed if anything below fails.
+        module.add_cleanup_file(temp)
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write("".join(after).encode("utf-8", "surrogateescape"))
